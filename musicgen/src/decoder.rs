@@ -1,0 +1,379 @@
+//! MusicGen's audio-token decoder ("Simple and Controllable Music Generation",
+//! Copet et al. 2023), after transformers' `modeling_musicgen.py`
+//! (`MusicgenDecoder`, `MusicgenForCausalLM`).
+//!
+//! A pre-norm transformer whose input is the sum of one embedding per codebook
+//! plus sinusoidal positions (cos half, then sin half), with causal self-attention
+//! (KV cache) and cross-attention to the text encoder's states (keys and values
+//! computed once per prompt), and one LM head per codebook.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{kv_cache::KvCache, Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::config::DecoderConfig;
+
+fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    Ok(Linear::new(weight, None))
+}
+
+fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    // torch.nn.LayerNorm's default epsilon; MusicGen does not configure it.
+    candle_nn::layer_norm(dim, 1e-5, vb)
+}
+
+/// The `MusicgenSinusoidalPositionalEmbedding` table: `[cos(p * f), sin(p * f)]`.
+fn sinusoidal_table(num_positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let step = (10000f64).ln() / (half as f64 - 1.0);
+    // torch computes the frequencies and the products in f32: so do we.
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| ((i as f32) * -(step as f32)).exp())
+        .collect();
+    let mut table = vec![0f32; num_positions * dim];
+    for p in 0..num_positions {
+        let row = &mut table[p * dim..(p + 1) * dim];
+        for (i, f) in freqs.iter().enumerate() {
+            let angle = p as f32 * f;
+            row[i] = angle.cos();
+            row[half + i] = angle.sin();
+        }
+    }
+    Tensor::from_vec(table, (num_positions, dim), device)
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    scaling: f64,
+    kv_cache: KvCache,
+}
+
+impl SelfAttention {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let head_dim = d / cfg.num_attention_heads;
+        Ok(Self {
+            q_proj: linear_no_bias(d, d, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
+            v_proj: linear_no_bias(d, d, vb.pp("v_proj"))?,
+            out_proj: linear_no_bias(d, d, vb.pp("out_proj"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim,
+            scaling: (head_dim as f64).powf(-0.5),
+            kv_cache: KvCache::new(2, 64),
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, s, _) = x.dims4()?;
+        x.transpose(1, 2)?
+            .reshape((b, s, self.num_heads * self.head_dim))
+    }
+
+    fn forward(&mut self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let q = (self.split_heads(&self.q_proj.forward(x)?)? * self.scaling)?;
+        let k = self.split_heads(&self.k_proj.forward(x)?)?;
+        let v = self.split_heads(&self.v_proj.forward(x)?)?;
+        let (k, v) = self.kv_cache.append(&k, &v)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?;
+        self.out_proj.forward(&self.merge_heads(&out)?)
+    }
+
+    fn reset(&mut self, capacity: usize) {
+        // A fresh cache sized for the whole generation: appends then copy into place
+        // instead of reallocating.
+        self.kv_cache = KvCache::new(2, capacity.max(1));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CrossAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+    scaling: f64,
+    /// Keys and values of the prompt, (1, heads, text_len, head_dim), once per prompt.
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl CrossAttention {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let head_dim = d / cfg.num_attention_heads;
+        Ok(Self {
+            q_proj: linear_no_bias(d, d, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
+            v_proj: linear_no_bias(d, d, vb.pp("v_proj"))?,
+            out_proj: linear_no_bias(d, d, vb.pp("out_proj"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim,
+            scaling: (head_dim as f64).powf(-0.5),
+            kv: None,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn set_encoder_states(&mut self, states: Option<&Tensor>) -> Result<()> {
+        self.kv = match states {
+            Some(states) => Some((
+                self.split_heads(&self.k_proj.forward(states)?)?,
+                self.split_heads(&self.v_proj.forward(states)?)?,
+            )),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Cross-attention for the conditional row 0 of `x`. The other rows are the
+    /// unconditional half of classifier-free guidance: the reference feeds them
+    /// all-zero states under an all-zero mask, so their values are zero, the
+    /// uniform attention over them is zero, and so is their output. They get
+    /// exact zeros here without the work.
+    fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some((k, v)) = &self.kv else {
+            return Ok(None);
+        };
+        let (b, s, d) = x.dims3()?;
+        let cond = x.narrow(0, 0, 1)?;
+        let q = (self.split_heads(&self.q_proj.forward(&cond)?)? * self.scaling)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(v)?
+            .transpose(1, 2)?
+            .reshape((1, s, self.num_heads * self.head_dim))?;
+        let out = self.out_proj.forward(&out)?;
+        if b == 1 {
+            Ok(Some(out))
+        } else {
+            let zeros = Tensor::zeros((b - 1, s, d), out.dtype(), out.device())?;
+            Ok(Some(Tensor::cat(&[&out, &zeros], 0)?))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: SelfAttention,
+    self_attn_layer_norm: LayerNorm,
+    encoder_attn: CrossAttention,
+    encoder_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
+            encoder_attn: CrossAttention::new(cfg, vb.pp("encoder_attn"))?,
+            encoder_attn_layer_norm: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
+            fc1: linear_no_bias(d, cfg.ffn_dim, vb.pp("fc1"))?,
+            fc2: linear_no_bias(cfg.ffn_dim, d, vb.pp("fc2"))?,
+            final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
+        })
+    }
+
+    fn forward(&mut self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&self.self_attn_layer_norm.forward(x)?, mask)?;
+        let mut x = (x + h)?;
+        if let Some(h) = self
+            .encoder_attn
+            .forward(&self.encoder_attn_layer_norm.forward(&x)?)?
+        {
+            x = (x + h)?;
+        }
+        let h = self.final_layer_norm.forward(&x)?;
+        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
+        x + h
+    }
+}
+
+/// `MusicgenForCausalLM`: the decoder stack and its per-codebook LM heads.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed_tokens: Vec<Embedding>,
+    positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    layer_norm: LayerNorm,
+    /// The K LM heads stacked into one (K * vocab, hidden) matrix: one matmul per step.
+    lm_heads: Linear,
+    num_codebooks: usize,
+    vocab_size: usize,
+    embed_scale: f64,
+    offset: usize,
+}
+
+impl Decoder {
+    /// `vb` points at the composite checkpoint's `decoder` prefix.
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let k = cfg.num_codebooks;
+        let vb_m = vb.pp("model").pp("decoder");
+        let embed_tokens = (0..k)
+            .map(|i| candle_nn::embedding(cfg.vocab_size + 1, d, vb_m.pp("embed_tokens").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, vb_m.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let heads = (0..k)
+            .map(|i| vb.pp("lm_heads").pp(i).get((cfg.vocab_size, d), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_heads = Linear::new(Tensor::cat(&heads, 0)?, None);
+        Ok(Self {
+            embed_tokens,
+            positions: sinusoidal_table(cfg.max_position_embeddings, d, vb.device())?
+                .to_dtype(vb.dtype())?,
+            layers,
+            layer_norm: layer_norm(d, vb_m.pp("layer_norm"))?,
+            lm_heads,
+            num_codebooks: k,
+            vocab_size: cfg.vocab_size,
+            embed_scale: if cfg.scale_embedding {
+                (d as f64).sqrt()
+            } else {
+                1.0
+            },
+            offset: 0,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.positions.dim(0).unwrap_or(0)
+    }
+
+    /// Starts a new generation: clears the self-attention caches (sized for
+    /// `capacity` steps) and sets the prompt's encoder states, `(1, text_len,
+    /// hidden)`, or `None` for unconditional generation.
+    pub fn reset(&mut self, encoder_states: Option<&Tensor>, capacity: usize) -> Result<()> {
+        self.offset = 0;
+        for layer in self.layers.iter_mut() {
+            layer.self_attn.reset(capacity);
+            layer.encoder_attn.set_encoder_states(encoder_states)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the decoder on `ids` of shape `(batch, codebooks, seq)` (u32) following the
+    /// cached prefix, and returns logits `(batch, codebooks, seq, vocab)` in f32.
+    pub fn forward(&mut self, ids: &Tensor) -> Result<Tensor> {
+        let (b, k, s) = ids.dims3()?;
+        if k != self.num_codebooks {
+            candle_core::bail!(
+                "decoder input has {k} codebooks, the checkpoint has {}",
+                self.num_codebooks
+            );
+        }
+        if self.offset + s > self.max_positions() {
+            candle_core::bail!(
+                "decoder position {} is past max_position_embeddings {}",
+                self.offset + s,
+                self.max_positions()
+            );
+        }
+        let mut x = self.embed_tokens[0].forward(&ids.narrow(1, 0, 1)?.squeeze(1)?)?;
+        for (i, embed) in self.embed_tokens.iter().enumerate().skip(1) {
+            x = (x + embed.forward(&ids.narrow(1, i, 1)?.squeeze(1)?)?)?;
+        }
+        if self.embed_scale != 1.0 {
+            x = (x * self.embed_scale)?;
+        }
+        let pos = self.positions.narrow(0, self.offset, s)?;
+        let mut x = x.broadcast_add(&pos)?;
+        let mask = if s > 1 {
+            Some(causal_mask(s, self.offset, x.dtype(), x.device())?)
+        } else {
+            None
+        };
+        for layer in self.layers.iter_mut() {
+            x = layer.forward(&x, mask.as_ref())?;
+        }
+        self.offset += s;
+        let x = self.layer_norm.forward(&x)?;
+        let logits = self.lm_heads.forward(&x)?; // (b, s, k * vocab)
+        logits
+            .reshape((b, s, k, self.vocab_size))?
+            .transpose(1, 2)?
+            .to_dtype(DType::F32)
+    }
+}
+
+fn causal_mask(s: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let total = offset + s;
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (1, 1, s, total), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoidal_table_is_cos_then_sin() {
+        let t = sinusoidal_table(5, 8, &Device::Cpu).unwrap();
+        let rows = t.to_vec2::<f32>().unwrap();
+        // Position 0: cos(0) = 1 in the first half, sin(0) = 0 in the second.
+        assert_eq!(&rows[0][..4], &[1.0; 4]);
+        assert_eq!(&rows[0][4..], &[0.0; 4]);
+        // Position 3, frequency 0 is 1: cos(3) and sin(3).
+        assert!((rows[3][0] - 3f32.cos()).abs() < 1e-6);
+        assert!((rows[3][4] - 3f32.sin()).abs() < 1e-6);
+        // The last frequency is 1/10000.
+        assert!((rows[3][3] - (3e-4f32).cos()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn causal_mask_hides_the_future_only() {
+        let m = causal_mask(2, 3, DType::F32, &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(&m[..5], &[0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(&m[5..], &[0.0; 5]);
+    }
+}

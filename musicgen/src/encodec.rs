@@ -1,0 +1,481 @@
+//! The decoding half of EnCodec ("High Fidelity Neural Audio Compression",
+//! Défossez et al. 2022), after transformers' `modeling_encodec.py`: residual
+//! vector quantizer decode, then the SEANet decoder with its LSTM.
+//!
+//! candle-transformers' `encodec` cannot load MusicGen's codec: it refuses reflect
+//! padding, does not trim the transposed convolutions, and parses neither
+//! `"weight_norm"` nor `"reflect"` from a Hugging Face config. This module matches
+//! the reference: the non-causal padding split, reflect padding that first
+//! zero-extends inputs shorter than the pad, the trim after each transposed
+//! convolution, and the identity shortcut when `use_conv_shortcut` is false.
+
+use candle_core::{bail, DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::EncodecConfig;
+
+/// A weight-normalised convolution weight: `g * v / ||v||`, the norm taken over
+/// every dimension but the first, read from either naming of the checkpoint
+/// (`weight_g`/`weight_v`, or newer transformers' parametrizations).
+fn weight_norm(vb: &VarBuilder, shape: (usize, usize, usize)) -> Result<Tensor> {
+    let (g, v) = if vb.contains_tensor("weight_g") {
+        (
+            vb.get((shape.0, 1, 1), "weight_g")?,
+            vb.get(shape, "weight_v")?,
+        )
+    } else if vb.contains_tensor("parametrizations.weight.original0") {
+        (
+            vb.get((shape.0, 1, 1), "parametrizations.weight.original0")?,
+            vb.get(shape, "parametrizations.weight.original1")?,
+        )
+    } else {
+        // A checkpoint whose weight norm was already folded into plain weights.
+        return vb.get(shape, "weight");
+    };
+    let norm = v.sqr()?.sum_keepdim((1, 2))?.sqrt()?;
+    v.broadcast_mul(&g.broadcast_div(&norm)?)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PadMode {
+    Reflect,
+    Zero,
+}
+
+/// Pads the last dimension of `x` (batch, channels, time). Reflect padding of an
+/// input no longer than the pad first appends zeros, as the reference's `_pad1d`.
+fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
+    if left == 0 && right == 0 {
+        return Ok(x.clone());
+    }
+    match mode {
+        PadMode::Zero => x.pad_with_zeros(D::Minus1, left, right),
+        PadMode::Reflect => {
+            let len = x.dim(D::Minus1)?;
+            let max_pad = left.max(right);
+            let (x, extra) = if len <= max_pad {
+                let extra = max_pad - len + 1;
+                (x.pad_with_zeros(D::Minus1, 0, extra)?, extra)
+            } else {
+                (x.clone(), 0)
+            };
+            let n = x.dim(D::Minus1)?;
+            // Reflection without repeating the edge sample: index -i maps to i.
+            let idx: Vec<u32> = (0..left + n + right)
+                .map(|i| {
+                    let p = i as i64 - left as i64;
+                    let p = if p < 0 {
+                        -p
+                    } else if p >= n as i64 {
+                        2 * (n as i64 - 1) - p
+                    } else {
+                        p
+                    };
+                    p as u32
+                })
+                .collect();
+            let idx = Tensor::from_vec(idx, left + n + right, x.device())?;
+            let padded = x.index_select(&idx, 2)?;
+            padded.narrow(D::Minus1, 0, left + n + right - extra)
+        }
+    }
+}
+
+/// `EncodecConv1d`: a weight-normalised convolution with EnCodec's padding.
+#[derive(Debug, Clone)]
+struct Conv1d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    dilation: usize,
+    kernel_size: usize,
+    causal: bool,
+    pad_mode: PadMode,
+}
+
+impl Conv1d {
+    fn new(
+        cfg: &EncodecConfig,
+        in_c: usize,
+        out_c: usize,
+        kernel_size: usize,
+        dilation: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let vb = vb.pp("conv");
+        Ok(Self {
+            weight: weight_norm(&vb, (out_c, in_c, kernel_size))?,
+            bias: vb.get(out_c, "bias")?,
+            stride: 1,
+            dilation,
+            kernel_size,
+            causal: cfg.use_causal_conv,
+            pad_mode: pad_mode(cfg),
+        })
+    }
+}
+
+fn pad_mode(cfg: &EncodecConfig) -> PadMode {
+    if cfg.pad_mode == "reflect" {
+        PadMode::Reflect
+    } else {
+        PadMode::Zero
+    }
+}
+
+impl Module for Conv1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let len = x.dim(D::Minus1)? as i64;
+        let k = ((self.kernel_size - 1) * self.dilation + 1) as i64;
+        let stride = self.stride as i64;
+        let padding_total = k - stride;
+        // `_get_extra_padding_for_conv1d`: room for one more full window at the end.
+        let n_frames = ((len - k + padding_total) as f64 / stride as f64 + 1.0).ceil() as i64 - 1;
+        let ideal = n_frames * stride + k - padding_total;
+        let extra = (ideal - len).max(0) as usize;
+        let padding_total = padding_total as usize;
+        let x = if self.causal {
+            pad1d(x, padding_total, extra, self.pad_mode)?
+        } else {
+            let right = padding_total / 2;
+            let left = padding_total - right;
+            pad1d(x, left, right + extra, self.pad_mode)?
+        };
+        let y = x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1))?)
+    }
+}
+
+/// `EncodecConvTranspose1d`: upsampling, then trimming the fixed padding.
+#[derive(Debug, Clone)]
+struct ConvTranspose1d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    kernel_size: usize,
+    causal: bool,
+    trim_right_ratio: f64,
+}
+
+impl ConvTranspose1d {
+    fn new(
+        cfg: &EncodecConfig,
+        in_c: usize,
+        out_c: usize,
+        kernel_size: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let vb = vb.pp("conv");
+        Ok(Self {
+            // ConvTranspose1d weights are (in, out, kernel); weight norm is over dim 0 too.
+            weight: weight_norm(&vb, (in_c, out_c, kernel_size))?,
+            bias: vb.get(out_c, "bias")?,
+            stride,
+            kernel_size,
+            causal: cfg.use_causal_conv,
+            trim_right_ratio: cfg.trim_right_ratio,
+        })
+    }
+}
+
+impl Module for ConvTranspose1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1))?)?;
+        let padding_total = self.kernel_size - self.stride;
+        let right = if self.causal {
+            (padding_total as f64 * self.trim_right_ratio).ceil() as usize
+        } else {
+            padding_total / 2
+        };
+        let left = padding_total - right;
+        let len = y.dim(D::Minus1)?;
+        y.narrow(D::Minus1, left, len - left - right)
+    }
+}
+
+/// `EncodecResnetBlock`: ELU, dilated conv, ELU, 1x1 conv, plus the shortcut.
+#[derive(Debug, Clone)]
+struct ResnetBlock {
+    convs: Vec<Conv1d>,
+    shortcut: Option<Conv1d>,
+}
+
+impl ResnetBlock {
+    fn new(cfg: &EncodecConfig, dim: usize, dilations: [usize; 2], vb: VarBuilder) -> Result<Self> {
+        let kernel_sizes = [cfg.residual_kernel_size, 1];
+        let hidden = dim / cfg.compress;
+        let mut convs = Vec::with_capacity(2);
+        for (i, (&k, &d)) in kernel_sizes.iter().zip(dilations.iter()).enumerate() {
+            let in_c = if i == 0 { dim } else { hidden };
+            let out_c = if i == kernel_sizes.len() - 1 {
+                dim
+            } else {
+                hidden
+            };
+            // Block modules alternate ELU (even index) and conv (odd index).
+            convs.push(Conv1d::new(cfg, in_c, out_c, k, d, vb.pp("block").pp(2 * i + 1))?);
+        }
+        let shortcut = if cfg.use_conv_shortcut {
+            Some(Conv1d::new(cfg, dim, dim, 1, 1, vb.pp("shortcut"))?)
+        } else {
+            None
+        };
+        Ok(Self { convs, shortcut })
+    }
+}
+
+impl Module for ResnetBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for conv in &self.convs {
+            h = conv.forward(&h.elu(1.0)?)?;
+        }
+        let residual = match &self.shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        residual + h
+    }
+}
+
+/// `EncodecLSTM`: a multi-layer LSTM over time with a residual connection.
+#[derive(Debug, Clone)]
+struct Lstm {
+    /// Per layer: (W_ih^T, W_hh^T, b_ih + b_hh), gates in torch's order i, f, g, o.
+    layers: Vec<(Tensor, Tensor, Tensor)>,
+    hidden: usize,
+}
+
+impl Lstm {
+    fn new(dim: usize, num_layers: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("lstm");
+        let layers = (0..num_layers)
+            .map(|l| {
+                let w_ih = vb.get((4 * dim, dim), &format!("weight_ih_l{l}"))?;
+                let w_hh = vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?;
+                let b_ih = vb.get(4 * dim, &format!("bias_ih_l{l}"))?;
+                let b_hh = vb.get(4 * dim, &format!("bias_hh_l{l}"))?;
+                Ok((w_ih.t()?.contiguous()?, w_hh.t()?.contiguous()?, (b_ih + b_hh)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            hidden: dim,
+        })
+    }
+}
+
+impl Module for Lstm {
+    /// `x`: (batch, channels, time).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        let input = x.transpose(1, 2)?.contiguous()?; // (b, t, c)
+        let mut seq = input.clone();
+        let hd = self.hidden;
+        for (w_ih, w_hh, bias) in &self.layers {
+            // The input projection for every step at once; only the recurrence loops.
+            let gates_x = seq.broadcast_matmul(w_ih)?.broadcast_add(bias)?; // (b, t, 4h)
+            let mut h = Tensor::zeros((b, hd), x.dtype(), x.device())?;
+            let mut cell = Tensor::zeros((b, hd), x.dtype(), x.device())?;
+            let mut outputs = Vec::with_capacity(t);
+            for step in 0..t {
+                let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + h.matmul(w_hh)?)?;
+                let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hd)?)?;
+                let f = candle_nn::ops::sigmoid(&gates.narrow(1, hd, hd)?)?;
+                let g = gates.narrow(1, 2 * hd, hd)?.tanh()?;
+                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hd, hd)?)?;
+                cell = ((f * &cell)? + (i * g)?)?;
+                h = (o * cell.tanh()?)?;
+                outputs.push(h.clone());
+            }
+            seq = Tensor::stack(&outputs, 1)?;
+        }
+        debug_assert_eq!(seq.dims3()?, (b, t, c));
+        (seq + input)?.transpose(1, 2)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Layer {
+    Conv(Conv1d),
+    Lstm(Lstm),
+    Elu,
+    ConvTranspose(ConvTranspose1d),
+    Resnet(ResnetBlock),
+}
+
+/// Codes to audio: the quantizer's codebooks and the SEANet decoder.
+#[derive(Debug, Clone)]
+pub struct EncodecDecoder {
+    /// Per quantizer layer, the codebook (codebook_size, codebook_dim).
+    codebooks: Vec<Tensor>,
+    layers: Vec<Layer>,
+    hop_length: usize,
+}
+
+impl EncodecDecoder {
+    /// `vb` points at the composite checkpoint's `audio_encoder` prefix.
+    pub fn new(cfg: &EncodecConfig, num_codebooks: usize, vb: VarBuilder) -> Result<Self> {
+        if cfg.audio_channels != 1 {
+            bail!("EnCodec with {} audio channels is not supported", cfg.audio_channels);
+        }
+        if cfg.codebook_dim() != cfg.hidden_size {
+            bail!(
+                "EnCodec codebook_dim {} differs from hidden_size {}: not supported",
+                cfg.codebook_dim(),
+                cfg.hidden_size
+            );
+        }
+        let codebooks = (0..num_codebooks)
+            .map(|i| {
+                vb.pp("quantizer")
+                    .pp("layers")
+                    .pp(i)
+                    .pp("codebook")
+                    .get((cfg.codebook_size, cfg.codebook_dim()), "embed")
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let vb = vb.pp("decoder").pp("layers");
+        let mut scaling = 1usize << cfg.upsampling_ratios.len();
+        let mut layers = Vec::new();
+        let mut idx = 0usize;
+        let mut next = || {
+            idx += 1;
+            idx - 1
+        };
+        layers.push(Layer::Conv(Conv1d::new(
+            cfg,
+            cfg.hidden_size,
+            scaling * cfg.num_filters,
+            cfg.kernel_size,
+            1,
+            vb.pp(next()),
+        )?));
+        layers.push(Layer::Lstm(Lstm::new(
+            scaling * cfg.num_filters,
+            cfg.num_lstm_layers,
+            vb.pp(next()),
+        )?));
+        for &ratio in &cfg.upsampling_ratios {
+            let scale = scaling * cfg.num_filters;
+            next();
+            layers.push(Layer::Elu);
+            layers.push(Layer::ConvTranspose(ConvTranspose1d::new(
+                cfg,
+                scale,
+                scale / 2,
+                ratio * 2,
+                ratio,
+                vb.pp(next()),
+            )?));
+            for j in 0..cfg.num_residual_layers {
+                let dilation = cfg.dilation_growth_rate.pow(j as u32);
+                layers.push(Layer::Resnet(ResnetBlock::new(
+                    cfg,
+                    scale / 2,
+                    [dilation, 1],
+                    vb.pp(next()),
+                )?));
+            }
+            scaling /= 2;
+        }
+        next();
+        layers.push(Layer::Elu);
+        layers.push(Layer::Conv(Conv1d::new(
+            cfg,
+            cfg.num_filters,
+            cfg.audio_channels,
+            cfg.last_kernel_size,
+            1,
+            vb.pp(next()),
+        )?));
+        Ok(Self {
+            codebooks,
+            layers,
+            hop_length: cfg.hop_length(),
+        })
+    }
+
+    pub fn num_codebooks(&self) -> usize {
+        self.codebooks.len()
+    }
+
+    pub fn hop_length(&self) -> usize {
+        self.hop_length
+    }
+
+    /// Decodes codes `(codebooks, frames)` (u32) to mono PCM of `frames * hop` samples.
+    pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let (k, frames) = codes.dims2()?;
+        if k != self.codebooks.len() {
+            bail!("EnCodec decode got {k} codebooks, expected {}", self.codebooks.len());
+        }
+        if frames == 0 {
+            bail!("EnCodec decode needs at least one frame");
+        }
+        let mut emb: Option<Tensor> = None;
+        for (i, codebook) in self.codebooks.iter().enumerate() {
+            let q = codebook.embedding(&codes.get(i)?)?; // (frames, dim)
+            emb = Some(match emb {
+                Some(e) => (e + q)?,
+                None => q,
+            });
+        }
+        let emb = emb.expect("at least one codebook");
+        let mut x = emb.t()?.unsqueeze(0)?.contiguous()?; // (1, dim, frames)
+        for layer in &self.layers {
+            x = match layer {
+                Layer::Conv(c) => c.forward(&x)?,
+                Layer::Lstm(l) => l.forward(&x)?,
+                Layer::Elu => x.elu(1.0)?,
+                Layer::ConvTranspose(c) => c.forward(&x)?,
+                Layer::Resnet(r) => r.forward(&x)?,
+            };
+        }
+        x.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn row(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn reflect_pad_matches_torch() {
+        let x = Tensor::new(&[[[1f32, 2., 3., 4.]]], &Device::Cpu).unwrap();
+        // torch.nn.functional.pad(x, (2, 3), "reflect") = [3, 2, 1, 2, 3, 4, 3, 2, 1]
+        assert_eq!(
+            row(&pad1d(&x, 2, 3, PadMode::Reflect).unwrap()),
+            vec![3., 2., 1., 2., 3., 4., 3., 2., 1.]
+        );
+    }
+
+    #[test]
+    fn reflect_pad_of_a_short_input_zero_extends_first() {
+        // Length 2 with pads (3, 3): the reference appends 2 zeros, reflects, and
+        // drops the 2 extra samples from the end.
+        let x = Tensor::new(&[[[1f32, 2.]]], &Device::Cpu).unwrap();
+        // [1, 2, 0, 0] reflected by 3: [0, 0, 2 | 1, 2, 0, 0 | 0, 2, 1]; minus 2 at the end.
+        assert_eq!(
+            row(&pad1d(&x, 3, 3, PadMode::Reflect).unwrap()),
+            vec![0., 0., 2., 1., 2., 0., 0., 0.]
+        );
+    }
+
+    #[test]
+    fn zero_pad() {
+        let x = Tensor::new(&[[[1f32, 2.]]], &Device::Cpu).unwrap();
+        assert_eq!(
+            row(&pad1d(&x, 1, 2, PadMode::Zero).unwrap()),
+            vec![0., 1., 2., 0., 0.]
+        );
+    }
+}

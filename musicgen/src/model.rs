@@ -1,0 +1,513 @@
+//! The whole pipeline, after transformers' `MusicgenForConditionalGeneration`:
+//! prompt -> tokenizer -> T5 -> (projection) -> decoder loop with the codebook
+//! delay pattern and classifier-free guidance -> EnCodec -> 32 kHz PCM.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use candle_transformers::models::t5;
+
+use crate::config::{Config, GenerationConfig};
+use crate::decoder::Decoder;
+use crate::encodec::EncodecDecoder;
+use crate::error::{Error, Result};
+use crate::hub::{self, DownloadProgress, HubOptions, ModelFiles};
+use crate::request::{
+    DeviceChoice, GenerationDefaults, GenerationRequest, ModelSource, Precision,
+    MAX_PROMPT_TOKENS,
+};
+use crate::sampling::LogitsProcessor;
+
+/// What the engine is doing, reported as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Download(DownloadProgress),
+    Loading,
+    EncodingText,
+    /// Decoder step `step` of `total` is done.
+    Step { step: usize, total: usize },
+    DecodingAudio,
+}
+
+/// How each step's codes are chosen.
+pub enum CodeSource<'a> {
+    /// Drawn by the logits processor.
+    Sample(&'a mut LogitsProcessor),
+    /// Teacher forcing: the given codes `(codebooks, frames)` are fed back whatever
+    /// the logits say; used to compare logits with a reference run.
+    Forced(&'a [Vec<u32>]),
+}
+
+/// Time spent in each stage of one generation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub text: Duration,
+    /// One entry per decoder step.
+    pub steps: Vec<Duration>,
+    pub audio: Duration,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// `(codebooks, frames)`, the delay pattern undone.
+    pub codes: Vec<Vec<u32>>,
+    /// Mono PCM at `sample_rate`, `frames * hop_length` samples.
+    pub audio: Vec<f32>,
+    pub sample_rate: u32,
+    pub timings: Timings,
+}
+
+/// A dedicated rayon pool for the engine's compute, so a generation neither
+/// competes with nor waits behind other users of rayon's global pool.
+pub fn compute_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("musicgen-compute-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::Device(format!("cannot start the compute pool: {e}")))
+}
+
+/// The candle device for a choice: a GPU only when compiled in and present.
+pub fn select_device(choice: DeviceChoice) -> Result<Device> {
+    let cuda = || {
+        Device::new_cuda(0).map_err(|e| {
+            Error::Device(if cfg!(feature = "cuda") {
+                format!("no usable CUDA GPU: {e}")
+            } else {
+                "this build has no CUDA support: rebuild with `--features cuda`".to_string()
+            })
+        })
+    };
+    let metal = || {
+        Device::new_metal(0).map_err(|e| {
+            Error::Device(if cfg!(feature = "metal") {
+                format!("no usable Metal GPU: {e}")
+            } else {
+                "this build has no Metal support: rebuild with `--features metal`".to_string()
+            })
+        })
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => cuda(),
+        DeviceChoice::Metal => metal(),
+        DeviceChoice::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = cuda() {
+                    return Ok(d);
+                }
+            }
+            if candle_core::utils::metal_is_available() {
+                if let Ok(d) = metal() {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.to_path_buf(),
+        },
+        _ => Error::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn check_cancel(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// A loaded MusicGen checkpoint, ready to generate. Keep it between generations.
+pub struct MusicGen {
+    config: Config,
+    defaults: GenerationDefaults,
+    pad_token: u32,
+    tokenizer: tokenizers::Tokenizer,
+    text_encoder: t5::T5EncoderModel,
+    enc_to_dec_proj: Option<Linear>,
+    decoder: Decoder,
+    audio: EncodecDecoder,
+    device: Device,
+    precision: Precision,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl MusicGen {
+    /// Resolves `source` (downloading it if needed) and loads it.
+    pub fn from_source(
+        source: &ModelSource,
+        hub: &HubOptions,
+        device: DeviceChoice,
+        precision: Precision,
+        pool: Arc<rayon::ThreadPool>,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Self> {
+        check_cancel(cancel)?;
+        let files = hub::resolve(source, hub, &mut |p| progress(Progress::Download(p)))?;
+        check_cancel(cancel)?;
+        progress(Progress::Loading);
+        let device = select_device(device)?;
+        Self::load(&files, &device, precision, pool)
+    }
+
+    /// Loads a checkpoint from its files on local disk.
+    pub fn load(
+        files: &ModelFiles,
+        device: &Device,
+        precision: Precision,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Result<Self> {
+        let config: Config = read_json(&files.config)?;
+        let dir = files
+            .config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        config
+            .check_supported()
+            .map_err(|reason| Error::UnsupportedModel {
+                path: dir.clone(),
+                reason,
+            })?;
+        let gen: GenerationConfig = match &files.generation_config {
+            Some(p) => read_json(p)?,
+            None => GenerationConfig::default(),
+        };
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer).map_err(|e| {
+            Error::Tokenizer(format!("cannot read {}: {e}", files.tokenizer.display()))
+        })?;
+        // The request decides the length; never let tokenizer.json truncate or pad.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+
+        let dtype = match precision {
+            Precision::F32 => DType::F32,
+        };
+        for w in &files.weights {
+            if !w.is_file() {
+                return Err(Error::MissingFile { path: w.clone() });
+            }
+        }
+        let weights_err = |source: candle_core::Error| Error::Weights {
+            path: files.weights.first().cloned().unwrap_or_default(),
+            source,
+        };
+        // SAFETY: the files are memory-mapped read-only; like every safetensors
+        // loader we rely on them not being modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
+            .map_err(weights_err)?;
+        let (text_encoder, enc_to_dec_proj, decoder, audio) = pool
+            .install(|| -> candle_core::Result<_> {
+                let text_encoder = t5::T5EncoderModel::load(vb.pp("text_encoder"), &config.text_encoder)?;
+                let (dt, dd) = (config.text_encoder.d_model, config.decoder.hidden_size);
+                let enc_to_dec_proj = if dt != dd {
+                    Some(candle_nn::linear(dt, dd, vb.pp("enc_to_dec_proj"))?)
+                } else {
+                    None
+                };
+                let decoder = Decoder::new(&config.decoder, vb.pp("decoder"))?;
+                let audio = EncodecDecoder::new(
+                    &config.audio_encoder,
+                    config.decoder.num_codebooks,
+                    vb.pp("audio_encoder"),
+                )?;
+                Ok((text_encoder, enc_to_dec_proj, decoder, audio))
+            })
+            .map_err(weights_err)?;
+        let defaults = GenerationDefaults::from_config(&gen, config.decoder.num_codebooks);
+        let pad_token = config.pad_token_id(&gen);
+        Ok(Self {
+            config,
+            defaults,
+            pad_token,
+            tokenizer,
+            text_encoder,
+            enc_to_dec_proj,
+            decoder,
+            audio,
+            device: device.clone(),
+            precision,
+            pool,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The checkpoint's sampling defaults (`generation_config.json`).
+    pub fn defaults(&self) -> GenerationDefaults {
+        self.defaults
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn num_codebooks(&self) -> usize {
+        self.config.decoder.num_codebooks
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.config.audio_encoder.sampling_rate as u32
+    }
+
+    /// Code frames per second (50 for MusicGen).
+    pub fn frame_rate(&self) -> f64 {
+        self.config.audio_encoder.frame_rate()
+    }
+
+    /// Audio samples per frame (640 for MusicGen).
+    pub fn hop_length(&self) -> usize {
+        self.audio.hop_length()
+    }
+
+    /// The prompt's token ids (end-of-sequence included); an error past 256 tokens.
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.len() > MAX_PROMPT_TOKENS {
+            return Err(Error::PromptTooLong {
+                tokens: ids.len(),
+                max: MAX_PROMPT_TOKENS,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// The T5 encoder's last hidden states `(1, tokens, d_text)` for token ids.
+    pub fn text_states(&mut self, ids: &[u32]) -> Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let encoder = &mut self.text_encoder;
+        Ok(self.pool.install(|| encoder.forward(&input))?)
+    }
+
+    /// The decoder's conditioning for a prompt: T5 states, projected to the
+    /// decoder's width when they differ (times the all-ones attention mask), or
+    /// `None` for an empty prompt, which is MusicGen's unconditional generation.
+    pub fn encode_prompt(&mut self, prompt: &str) -> Result<Option<Tensor>> {
+        if prompt.trim().is_empty() {
+            return Ok(None);
+        }
+        let ids = self.tokenize(prompt)?;
+        let states = self.text_states(&ids)?;
+        let states = match &self.enc_to_dec_proj {
+            Some(proj) => self.pool.install(|| proj.forward(&states))?,
+            None => states,
+        };
+        Ok(Some(states))
+    }
+
+    /// Runs the decoder loop and returns codes `(codebooks, frames)`. `on_logits`
+    /// sees each step's guided logits `(codebooks, vocab)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_codes(
+        &mut self,
+        conditioning: Option<&Tensor>,
+        frames: usize,
+        guidance_scale: f64,
+        mut codes_from: CodeSource<'_>,
+        mut on_logits: Option<&mut dyn FnMut(usize, &Tensor)>,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+        step_times: &mut Vec<Duration>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let k = self.num_codebooks();
+        let steps = frames + k - 1;
+        if frames == 0 {
+            return Err(Error::InvalidRequest("zero frames asked".into()));
+        }
+        // The delay pattern's start column plus one column per step.
+        if steps + 1 > self.decoder.max_positions() {
+            return Err(Error::InvalidRequest(format!(
+                "{frames} frames need {} decoder positions; this checkpoint has {}",
+                steps + 1,
+                self.decoder.max_positions()
+            )));
+        }
+        if let CodeSource::Forced(forced) = &codes_from {
+            if forced.len() != k || forced.iter().any(|row| row.len() < frames) {
+                return Err(Error::InvalidRequest(format!(
+                    "forced codes must be {k} rows of at least {frames} frames"
+                )));
+            }
+        }
+        // Classifier-free guidance doubles the batch: row 0 conditional, row 1
+        // unconditional. Without conditioning both rows would be equal, and so
+        // uncond + s * (cond - uncond) = uncond: one row does.
+        let guided = guidance_scale > 1.0 && conditioning.is_some();
+        let batch = if guided { 2 } else { 1 };
+        let pad = self.pad_token;
+        let device = self.device.clone();
+        let decoder = &mut self.decoder;
+        let pool = self.pool.clone();
+
+        pool.install(|| decoder.reset(conditioning, steps + 1))?;
+        let mut column = vec![pad; k];
+        let mut codes = vec![vec![pad; frames]; k];
+        let mut input = Vec::with_capacity(batch * k);
+        for step in 0..steps {
+            check_cancel(cancel)?;
+            let t0 = Instant::now();
+            input.clear();
+            for _ in 0..batch {
+                input.extend_from_slice(&column);
+            }
+            // Only the tensor work runs in the compute pool; callbacks stay on the caller's thread.
+            let logits = pool.install(|| -> candle_core::Result<Tensor> {
+                let ids = Tensor::from_slice(&input, (batch, k, 1), &device)?;
+                let logits = decoder.forward(&ids)?.squeeze(2)?; // (batch, k, vocab)
+                if guided {
+                    let cond = logits.get(0)?;
+                    let uncond = logits.get(1)?;
+                    &uncond + ((&cond - &uncond)? * guidance_scale)?
+                } else {
+                    logits.get(0)
+                }
+            })?;
+            if let Some(f) = on_logits.as_mut() {
+                f(step, &logits);
+            }
+            // Column `step + 1`: codebook c holds frame `step - c` when in range,
+            // else the delay pattern's padding.
+            let j = step + 1;
+            let rows: Option<Vec<Vec<f32>>> = match codes_from {
+                CodeSource::Sample(_) => Some(logits.to_vec2()?),
+                CodeSource::Forced(_) => None,
+            };
+            for c in 0..k {
+                if j > c && j <= c + frames {
+                    let f = j - c - 1;
+                    let code = match (&mut codes_from, &rows) {
+                        (CodeSource::Forced(forced), _) => forced[c][f],
+                        (CodeSource::Sample(p), Some(rows)) => p.sample(&rows[c]),
+                        (CodeSource::Sample(_), None) => unreachable!("rows exist when sampling"),
+                    };
+                    codes[c][f] = code;
+                    column[c] = code;
+                } else {
+                    column[c] = pad;
+                }
+            }
+            step_times.push(t0.elapsed());
+            progress(Progress::Step {
+                step: step + 1,
+                total: steps,
+            });
+        }
+        Ok(codes)
+    }
+
+    /// EnCodec: codes `(codebooks, frames)` to mono PCM at the model's rate.
+    pub fn decode_audio(&self, codes: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let k = codes.len();
+        let frames = codes.first().map(|r| r.len()).unwrap_or(0);
+        if k != self.num_codebooks() || codes.iter().any(|r| r.len() != frames) || frames == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "codes must be {} rows of one equal, non-zero length",
+                self.num_codebooks()
+            )));
+        }
+        let vocab = self.config.decoder.vocab_size as u32;
+        if let Some(bad) = codes.iter().flatten().find(|&&c| c >= vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "code {bad} is outside the codebook (0..{vocab})"
+            )));
+        }
+        let flat: Vec<u32> = codes.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (k, frames), &self.device)?;
+        Ok(self
+            .pool
+            .install(|| self.audio.decode(&t))?
+            .to_vec1::<f32>()?)
+    }
+
+    /// The whole request: text, decoder loop, audio.
+    pub fn generate(
+        &mut self,
+        request: &GenerationRequest,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Generation> {
+        request.validate()?;
+        check_cancel(cancel)?;
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        progress(Progress::EncodingText);
+        let conditioning = self.encode_prompt(&request.prompt)?;
+        timings.text = t0.elapsed();
+        let mut processor = LogitsProcessor::new(request.sampling, request.seed);
+        let codes = self.generate_codes(
+            conditioning.as_ref(),
+            request.frames,
+            request.guidance_scale,
+            CodeSource::Sample(&mut processor),
+            None,
+            progress,
+            cancel,
+            &mut timings.steps,
+        )?;
+        check_cancel(cancel)?;
+        progress(Progress::DecodingAudio);
+        let t0 = Instant::now();
+        let audio = self.decode_audio(&codes)?;
+        timings.audio = t0.elapsed();
+        Ok(Generation {
+            codes,
+            audio,
+            sample_rate: self.sample_rate(),
+            timings,
+        })
+    }
+
+    /// A request for this model with its checkpoint's defaults.
+    pub fn default_request(&self, source: ModelSource) -> GenerationRequest {
+        GenerationRequest {
+            model: source,
+            precision: self.precision,
+            guidance_scale: self.defaults.guidance_scale,
+            sampling: self.defaults.sampling,
+            ..Default::default()
+        }
+    }
+}
+
+impl std::fmt::Debug for MusicGen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MusicGen")
+            .field("decoder", &self.config.decoder)
+            .field("device", &self.device)
+            .field("precision", &self.precision)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,151 @@
+//! Audio out: 32-bit float WAV files and sample-rate conversion with rubato.
+
+use std::path::Path;
+
+use rubato::{FftFixedIn, Resampler};
+
+use crate::error::{Error, Result};
+
+/// Writes mono 32-bit float PCM.
+pub fn write_wav(path: &Path, samples: &[f32], sample_rate: u32) -> Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let io = |e: hound::Error| match e {
+        hound::Error::IoError(e) => Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
+        other => Error::BadFile {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    };
+    let mut w = hound::WavWriter::create(path, spec).map_err(io)?;
+    for &s in samples {
+        w.write_sample(s).map_err(io)?;
+    }
+    w.finalize().map_err(io)
+}
+
+/// Reads a WAV file as mono f32 (channels averaged) and its sample rate.
+pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
+    let bad = |e: hound::Error| Error::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut r = hound::WavReader::open(path).map_err(bad)?;
+    let spec = r.spec();
+    let channels = spec.channels.max(1) as usize;
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().collect::<Result<_, _>>().map_err(bad)?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            r.samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(bad)?
+        }
+    };
+    let mono = interleaved
+        .chunks(channels)
+        .map(|c| c.iter().sum::<f32>() / channels as f32)
+        .collect();
+    Ok((mono, spec.sample_rate))
+}
+
+/// Converts `input` from `from` Hz to `to` Hz with rubato's synchronous FFT
+/// resampler: an exact rational ratio and a linear-phase filter. The output has
+/// `round(len * to / from)` samples, aligned with the input (the filter's delay,
+/// half an FFT, is removed; the FFT is sized so that half is a whole sample).
+pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
+    if from == 0 || to == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "sample rates must be positive (got {from} Hz -> {to} Hz)"
+        )));
+    }
+    if from == to || input.is_empty() {
+        return Ok(input.to_vec());
+    }
+    let (from, to) = (from as usize, to as usize);
+    let unit = from / gcd(from, to);
+    // An even number of FFT units of at least 1024 input samples.
+    let chunk = 2 * unit * 1024usize.div_ceil(2 * unit);
+    let err = |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("resampling: {e}"));
+    let mut resampler = FftFixedIn::<f32>::new(from, to, chunk, 1, 1).map_err(|e| err(&e))?;
+    let delay = resampler.output_delay();
+    let expected = (input.len() as f64 * to as f64 / from as f64).round() as usize;
+    let mut out = Vec::with_capacity(expected + delay + 2 * chunk * to / from);
+    let mut padded = vec![0f32; chunk];
+    let mut pos = 0;
+    // Whole chunks of input, then zeros until the delayed output covers it all.
+    while out.len() < delay + expected {
+        let n = input.len().saturating_sub(pos).min(chunk);
+        padded[..n].copy_from_slice(&input[pos..pos + n]);
+        padded[n..].fill(0.0);
+        pos += n;
+        let o = resampler.process(&[&padded], None).map_err(|e| err(&e))?;
+        out.extend_from_slice(&o[0]);
+    }
+    out.drain(..delay);
+    out.truncate(expected);
+    Ok(out)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(freq: f64, rate: u32, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin() as f32)
+            .collect()
+    }
+
+    #[test]
+    fn resampling_keeps_length_and_phase() {
+        let input = sine(440.0, 32_000, 32_000);
+        for to in [44_100u32, 48_000, 96_000, 22_050, 44_099] {
+            let out = resample(&input, 32_000, to).unwrap();
+            assert_eq!(out.len(), to as usize);
+            let expected = sine(440.0, to, to as usize);
+            // Away from the edges the resampled sine matches the ideal one.
+            let margin = to as usize / 20;
+            let err = out[margin..out.len() - margin]
+                .iter()
+                .zip(&expected[margin..])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "{to} Hz: max error {err}");
+        }
+    }
+
+    #[test]
+    fn wav_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wav");
+        let samples = sine(100.0, 32_000, 1000);
+        write_wav(&path, &samples, 32_000).unwrap();
+        let (back, rate) = read_wav(&path).unwrap();
+        assert_eq!(rate, 32_000);
+        assert_eq!(back, samples);
+    }
+
+    #[test]
+    fn unwritable_path_is_an_io_error() {
+        let err = write_wav(Path::new("/nonexistent-dir/x.wav"), &[0.0], 32_000).unwrap_err();
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
+        assert!(err.to_string().contains("/nonexistent-dir/x.wav"));
+    }
+}

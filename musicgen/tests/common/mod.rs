@@ -1,0 +1,88 @@
+//! Shared helpers for the engine's integration tests: the committed fixtures
+//! made by `tests/fixtures/make_reference.py`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use musicgen::{compute_pool, hub, MusicGen, Precision};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+pub fn pool() -> Arc<rayon::ThreadPool> {
+    compute_pool(2).unwrap()
+}
+
+pub fn load(name: &str) -> MusicGen {
+    let files = hub::local_files(&model_dir(name)).unwrap();
+    MusicGen::load(&files, &Device::Cpu, Precision::F32, pool()).unwrap()
+}
+
+pub struct Reference {
+    pub tensors: HashMap<String, Tensor>,
+    pub meta: serde_json::Value,
+}
+
+impl Reference {
+    pub fn load(name: &str) -> Self {
+        let dir = fixtures().join("reference");
+        let tensors =
+            candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)
+                .unwrap();
+        let meta = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        Self { tensors, meta }
+    }
+
+    pub fn get(&self, key: &str) -> &Tensor {
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("reference has no {key}"))
+    }
+
+    pub fn codes(&self, key: &str) -> Vec<Vec<u32>> {
+        self.get(key)
+            .to_vec2::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|c| c as u32).collect())
+            .collect()
+    }
+
+    pub fn floats(&self, key: &str) -> Vec<f32> {
+        self.get(key).flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    pub fn prompt(&self) -> String {
+        self.meta["prompt"].as_str().unwrap().to_string()
+    }
+
+    pub fn frames(&self) -> usize {
+        self.meta["frames"].as_u64().unwrap() as usize
+    }
+}
+
+/// max |got - want| relative to max |want|.
+pub fn rel_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    err / peak.max(f32::MIN_POSITIVE)
+}
+
+pub fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
