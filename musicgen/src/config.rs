@@ -144,7 +144,7 @@ impl Config {
                 d.activation_function
             ));
         }
-        if d.num_attention_heads == 0 || d.hidden_size % d.num_attention_heads != 0 {
+        if d.num_attention_heads == 0 || !d.hidden_size.is_multiple_of(d.num_attention_heads) {
             return Err(format!(
                 "decoder hidden_size {} is not divisible by num_attention_heads {}",
                 d.hidden_size, d.num_attention_heads
@@ -161,7 +161,10 @@ impl Config {
             ));
         }
         if a.pad_mode != "reflect" && a.pad_mode != "constant" {
-            return Err(format!("EnCodec pad_mode \"{}\" is not supported", a.pad_mode));
+            return Err(format!(
+                "EnCodec pad_mode \"{}\" is not supported",
+                a.pad_mode
+            ));
         }
         if a.normalize {
             return Err("EnCodec checkpoints with normalize = true are not supported".into());

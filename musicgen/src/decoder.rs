@@ -166,10 +166,11 @@ impl CrossAttention {
         let q = (self.split_heads(&self.q_proj.forward(&cond)?)? * self.scaling)?;
         let scores = q.matmul(&k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((1, s, self.num_heads * self.head_dim))?;
+        let out =
+            probs
+                .matmul(v)?
+                .transpose(1, 2)?
+                .reshape((1, s, self.num_heads * self.head_dim))?;
         let out = self.out_proj.forward(&out)?;
         if b == 1 {
             Ok(Some(out))

@@ -215,7 +215,14 @@ impl ResnetBlock {
                 hidden
             };
             // Block modules alternate ELU (even index) and conv (odd index).
-            convs.push(Conv1d::new(cfg, in_c, out_c, k, d, vb.pp("block").pp(2 * i + 1))?);
+            convs.push(Conv1d::new(
+                cfg,
+                in_c,
+                out_c,
+                k,
+                d,
+                vb.pp("block").pp(2 * i + 1),
+            )?);
         }
         let shortcut = if cfg.use_conv_shortcut {
             Some(Conv1d::new(cfg, dim, dim, 1, 1, vb.pp("shortcut"))?)
@@ -257,7 +264,11 @@ impl Lstm {
                 let w_hh = vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?;
                 let b_ih = vb.get(4 * dim, &format!("bias_ih_l{l}"))?;
                 let b_hh = vb.get(4 * dim, &format!("bias_hh_l{l}"))?;
-                Ok((w_ih.t()?.contiguous()?, w_hh.t()?.contiguous()?, (b_ih + b_hh)?))
+                Ok((
+                    w_ih.t()?.contiguous()?,
+                    w_hh.t()?.contiguous()?,
+                    (b_ih + b_hh)?,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -319,7 +330,10 @@ impl EncodecDecoder {
     /// `vb` points at the composite checkpoint's `audio_encoder` prefix.
     pub fn new(cfg: &EncodecConfig, num_codebooks: usize, vb: VarBuilder) -> Result<Self> {
         if cfg.audio_channels != 1 {
-            bail!("EnCodec with {} audio channels is not supported", cfg.audio_channels);
+            bail!(
+                "EnCodec with {} audio channels is not supported",
+                cfg.audio_channels
+            );
         }
         if cfg.codebook_dim() != cfg.hidden_size {
             bail!(
@@ -411,7 +425,10 @@ impl EncodecDecoder {
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let (k, frames) = codes.dims2()?;
         if k != self.codebooks.len() {
-            bail!("EnCodec decode got {k} codebooks, expected {}", self.codebooks.len());
+            bail!(
+                "EnCodec decode got {k} codebooks, expected {}",
+                self.codebooks.len()
+            );
         }
         if frames == 0 {
             bail!("EnCodec decode needs at least one frame");

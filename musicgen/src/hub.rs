@@ -44,10 +44,14 @@ pub struct HubOptions {
 
 impl Default for HubOptions {
     fn default() -> Self {
-        let truthy = |v: String| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
+        let truthy =
+            |v: String| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
         Self {
             endpoint: std::env::var("HF_ENDPOINT").ok().filter(|s| !s.is_empty()),
-            cache_dir: std::env::var("HF_HUB_CACHE").ok().filter(|s| !s.is_empty()).map(PathBuf::from),
+            cache_dir: std::env::var("HF_HUB_CACHE")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             offline: std::env::var("HF_HUB_OFFLINE").map(truthy).unwrap_or(false),
         }
     }

@@ -17,8 +17,7 @@ use crate::encodec::EncodecDecoder;
 use crate::error::{Error, Result};
 use crate::hub::{self, DownloadProgress, HubOptions, ModelFiles};
 use crate::request::{
-    DeviceChoice, GenerationDefaults, GenerationRequest, ModelSource, Precision,
-    MAX_PROMPT_TOKENS,
+    DeviceChoice, GenerationDefaults, GenerationRequest, ModelSource, Precision, MAX_PROMPT_TOKENS,
 };
 use crate::sampling::LogitsProcessor;
 
@@ -29,7 +28,10 @@ pub enum Progress {
     Loading,
     EncodingText,
     /// Decoder step `step` of `total` is done.
-    Step { step: usize, total: usize },
+    Step {
+        step: usize,
+        total: usize,
+    },
     DecodingAudio,
 }
 
@@ -41,6 +43,9 @@ pub enum CodeSource<'a> {
     /// the logits say; used to compare logits with a reference run.
     Forced(&'a [Vec<u32>]),
 }
+
+/// Sees each decoder step's guided logits `(codebooks, vocab)`.
+pub type LogitsObserver<'a> = &'a mut dyn FnMut(usize, &Tensor);
 
 /// Time spent in each stage of one generation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -221,7 +226,8 @@ impl MusicGen {
             .map_err(weights_err)?;
         let (text_encoder, enc_to_dec_proj, decoder, audio) = pool
             .install(|| -> candle_core::Result<_> {
-                let text_encoder = t5::T5EncoderModel::load(vb.pp("text_encoder"), &config.text_encoder)?;
+                let text_encoder =
+                    t5::T5EncoderModel::load(vb.pp("text_encoder"), &config.text_encoder)?;
                 let (dt, dd) = (config.text_encoder.d_model, config.decoder.hidden_size);
                 let enc_to_dec_proj = if dt != dd {
                     Some(candle_nn::linear(dt, dd, vb.pp("enc_to_dec_proj"))?)
@@ -337,7 +343,7 @@ impl MusicGen {
         frames: usize,
         guidance_scale: f64,
         mut codes_from: CodeSource<'_>,
-        mut on_logits: Option<&mut dyn FnMut(usize, &Tensor)>,
+        mut on_logits: Option<LogitsObserver<'_>>,
         progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
         step_times: &mut Vec<Duration>,

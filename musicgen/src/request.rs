@@ -274,18 +274,86 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused() {
         let base = GenerationRequest::default;
-        expect_invalid(GenerationRequest { frames: 0, ..base() }, "at least one frame");
-        expect_invalid(GenerationRequest { frames: 1501, ..base() }, "at most 1500");
-        expect_invalid(GenerationRequest { guidance_scale: 0.5, ..base() }, "at least 1");
-        expect_invalid(GenerationRequest { guidance_scale: f64::NAN, ..base() }, "at least 1");
-        let s = |temperature, top_k, top_p| Sampling::Sample { temperature, top_k, top_p };
-        expect_invalid(GenerationRequest { sampling: s(0.0, None, None), ..base() }, "temperature");
-        expect_invalid(GenerationRequest { sampling: s(-1.0, None, None), ..base() }, "greedy");
-        expect_invalid(GenerationRequest { sampling: s(1.0, Some(0), None), ..base() }, "top-k");
-        expect_invalid(GenerationRequest { sampling: s(1.0, None, Some(1.5)), ..base() }, "top-p");
-        expect_invalid(GenerationRequest { sampling: s(1.0, None, Some(-0.1)), ..base() }, "top-p");
-        GenerationRequest { sampling: s(1.0, None, Some(0.0)), ..base() }.validate().unwrap();
-        GenerationRequest { sampling: s(1.0, None, Some(1.0)), ..base() }.validate().unwrap();
+        expect_invalid(
+            GenerationRequest {
+                frames: 0,
+                ..base()
+            },
+            "at least one frame",
+        );
+        expect_invalid(
+            GenerationRequest {
+                frames: 1501,
+                ..base()
+            },
+            "at most 1500",
+        );
+        expect_invalid(
+            GenerationRequest {
+                guidance_scale: 0.5,
+                ..base()
+            },
+            "at least 1",
+        );
+        expect_invalid(
+            GenerationRequest {
+                guidance_scale: f64::NAN,
+                ..base()
+            },
+            "at least 1",
+        );
+        let s = |temperature, top_k, top_p| Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+        };
+        expect_invalid(
+            GenerationRequest {
+                sampling: s(0.0, None, None),
+                ..base()
+            },
+            "temperature",
+        );
+        expect_invalid(
+            GenerationRequest {
+                sampling: s(-1.0, None, None),
+                ..base()
+            },
+            "greedy",
+        );
+        expect_invalid(
+            GenerationRequest {
+                sampling: s(1.0, Some(0), None),
+                ..base()
+            },
+            "top-k",
+        );
+        expect_invalid(
+            GenerationRequest {
+                sampling: s(1.0, None, Some(1.5)),
+                ..base()
+            },
+            "top-p",
+        );
+        expect_invalid(
+            GenerationRequest {
+                sampling: s(1.0, None, Some(-0.1)),
+                ..base()
+            },
+            "top-p",
+        );
+        GenerationRequest {
+            sampling: s(1.0, None, Some(0.0)),
+            ..base()
+        }
+        .validate()
+        .unwrap();
+        GenerationRequest {
+            sampling: s(1.0, None, Some(1.0)),
+            ..base()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]
@@ -303,10 +371,19 @@ mod tests {
     fn model_source_parses_hub_ids_and_paths() {
         assert_eq!(
             ModelSource::parse("facebook/musicgen-medium"),
-            ModelSource::Hub { id: "facebook/musicgen-medium".into(), revision: "main".into() }
+            ModelSource::Hub {
+                id: "facebook/musicgen-medium".into(),
+                revision: "main".into()
+            }
         );
-        assert!(matches!(ModelSource::parse("./models/tiny"), ModelSource::Local { .. }));
-        assert!(matches!(ModelSource::parse("/abs/dir"), ModelSource::Local { .. }));
+        assert!(matches!(
+            ModelSource::parse("./models/tiny"),
+            ModelSource::Local { .. }
+        ));
+        assert!(matches!(
+            ModelSource::parse("/abs/dir"),
+            ModelSource::Local { .. }
+        ));
     }
 
     #[test]
@@ -335,9 +412,19 @@ mod tests {
         assert_eq!(d.max_frames, 1496);
         assert_eq!(
             d.sampling,
-            Sampling::Sample { temperature: 1.0, top_k: Some(250), top_p: None }
+            Sampling::Sample {
+                temperature: 1.0,
+                top_k: Some(250),
+                top_p: None
+            }
         );
-        let greedy = GenerationConfig { do_sample: Some(false), ..Default::default() };
-        assert_eq!(GenerationDefaults::from_config(&greedy, 4).sampling, Sampling::Greedy);
+        let greedy = GenerationConfig {
+            do_sample: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(
+            GenerationDefaults::from_config(&greedy, 4).sampling,
+            Sampling::Greedy
+        );
     }
 }

@@ -143,7 +143,11 @@ fn generate_with_greedy_request_gives_reference_codes_and_audio() {
             &AtomicBool::new(false),
         )
         .unwrap();
-    assert_eq!(steps, r.frames() + 3, "one progress report per decoder step");
+    assert_eq!(
+        steps,
+        r.frames() + 3,
+        "one progress report per decoder step"
+    );
     assert_eq!(take.codes, r.codes("g3.codes"));
     assert_eq!(take.sample_rate, 32_000);
     let e = rel_error(&take.audio, &r.floats("g3.audio"));

@@ -60,7 +60,11 @@ impl Reference {
     }
 
     pub fn floats(&self, key: &str) -> Vec<f32> {
-        self.get(key).flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        self.get(key)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     }
 
     pub fn prompt(&self) -> String {
