@@ -7,14 +7,60 @@
 //! (KV cache) and cross-attention to the text encoder's states (keys and values
 //! computed once per prompt), and one LM head per codebook.
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{kv_cache::KvCache, Embedding, LayerNorm, Linear, VarBuilder};
 
 use crate::config::DecoderConfig;
 
-fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    Ok(Linear::new(weight, None))
+/// A bias-free projection: a float matrix, or a quantized one (candle's quantized
+/// matmul). A matrix whose inner size is not a multiple of the format's block
+/// size stays in float.
+#[derive(Debug, Clone)]
+pub(crate) enum Proj {
+    Dense(Linear),
+    Quantized(QMatMul),
+}
+
+impl Proj {
+    pub(crate) fn from_weight(weight: Tensor, quant: Option<GgmlDType>) -> Result<Self> {
+        match quant {
+            Some(q) if weight.dim(1)? % q.block_size() == 0 => {
+                let qt = QTensor::quantize(&weight.to_dtype(DType::F32)?, q)?;
+                Ok(Proj::Quantized(QMatMul::from_qtensor(qt)?))
+            }
+            _ => Ok(Proj::Dense(Linear::new(weight, None))),
+        }
+    }
+
+    fn load(
+        in_dim: usize,
+        out_dim: usize,
+        quant: Option<GgmlDType>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::from_weight(vb.get((out_dim, in_dim), "weight")?, quant)
+    }
+
+    /// Bytes of weights one application reads.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        match self {
+            Proj::Dense(l) => l.weight().elem_count() * l.weight().dtype().size_in_bytes(),
+            Proj::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Proj::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        }
+    }
+}
+
+impl Module for Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Proj::Dense(l) => l.forward(x),
+            Proj::Quantized(q) => q.forward(x),
+        }
+    }
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
@@ -44,10 +90,10 @@ fn sinusoidal_table(num_positions: usize, dim: usize, device: &Device) -> Result
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    out_proj: Proj,
     num_heads: usize,
     head_dim: usize,
     scaling: f64,
@@ -55,14 +101,14 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
         Ok(Self {
-            q_proj: linear_no_bias(d, d, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v_proj: linear_no_bias(d, d, vb.pp("v_proj"))?,
-            out_proj: linear_no_bias(d, d, vb.pp("out_proj"))?,
+            q_proj: Proj::load(d, d, quant, vb.pp("q_proj"))?,
+            k_proj: Proj::load(d, d, quant, vb.pp("k_proj"))?,
+            v_proj: Proj::load(d, d, quant, vb.pp("v_proj"))?,
+            out_proj: Proj::load(d, d, quant, vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
@@ -107,10 +153,10 @@ impl SelfAttention {
 
 #[derive(Debug, Clone)]
 struct CrossAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    out_proj: Proj,
     num_heads: usize,
     head_dim: usize,
     scaling: f64,
@@ -119,14 +165,14 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
         Ok(Self {
-            q_proj: linear_no_bias(d, d, vb.pp("q_proj"))?,
-            k_proj: linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v_proj: linear_no_bias(d, d, vb.pp("v_proj"))?,
-            out_proj: linear_no_bias(d, d, vb.pp("out_proj"))?,
+            q_proj: Proj::load(d, d, quant, vb.pp("q_proj"))?,
+            k_proj: Proj::load(d, d, quant, vb.pp("k_proj"))?,
+            v_proj: Proj::load(d, d, quant, vb.pp("v_proj"))?,
+            out_proj: Proj::load(d, d, quant, vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
@@ -187,21 +233,21 @@ struct DecoderLayer {
     self_attn_layer_norm: LayerNorm,
     encoder_attn: CrossAttention,
     encoder_attn_layer_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
     final_layer_norm: LayerNorm,
 }
 
 impl DecoderLayer {
-    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: SelfAttention::new(cfg, quant, vb.pp("self_attn"))?,
             self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-            encoder_attn: CrossAttention::new(cfg, vb.pp("encoder_attn"))?,
+            encoder_attn: CrossAttention::new(cfg, quant, vb.pp("encoder_attn"))?,
             encoder_attn_layer_norm: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
-            fc1: linear_no_bias(d, cfg.ffn_dim, vb.pp("fc1"))?,
-            fc2: linear_no_bias(cfg.ffn_dim, d, vb.pp("fc2"))?,
+            fc1: Proj::load(d, cfg.ffn_dim, quant, vb.pp("fc1"))?,
+            fc2: Proj::load(cfg.ffn_dim, d, quant, vb.pp("fc2"))?,
             final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
         })
     }
@@ -231,7 +277,7 @@ pub struct Decoder {
     layers: Vec<DecoderLayer>,
     layer_norm: LayerNorm,
     /// The K LM heads stacked into one (K * vocab, hidden) matrix: one matmul per step.
-    lm_heads: Linear,
+    lm_heads: Proj,
     num_codebooks: usize,
     vocab_size: usize,
     embed_scale: f64,
@@ -239,8 +285,10 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// `vb` points at the composite checkpoint's `decoder` prefix.
-    pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` points at the composite checkpoint's `decoder` prefix; its dtype is the
+    /// float type of activations and unquantized weights. `quant` quantizes the
+    /// projections and LM heads.
+    pub fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let k = cfg.num_codebooks;
         let vb_m = vb.pp("model").pp("decoder");
@@ -248,12 +296,12 @@ impl Decoder {
             .map(|i| candle_nn::embedding(cfg.vocab_size + 1, d, vb_m.pp("embed_tokens").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, vb_m.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::new(cfg, quant, vb_m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let heads = (0..k)
             .map(|i| vb.pp("lm_heads").pp(i).get((cfg.vocab_size, d), "weight"))
             .collect::<Result<Vec<_>>>()?;
-        let lm_heads = Linear::new(Tensor::cat(&heads, 0)?, None);
+        let lm_heads = Proj::from_weight(Tensor::cat(&heads, 0)?, quant)?;
         Ok(Self {
             embed_tokens,
             positions: sinusoidal_table(cfg.max_position_embeddings, d, vb.device())?
@@ -272,6 +320,26 @@ impl Decoder {
         })
     }
 
+    /// Bytes of weights one decoder step reads (the cross-attention key and value
+    /// projections run once per prompt, so they are not counted).
+    pub fn step_weight_bytes(&self) -> usize {
+        let per_layer = |l: &DecoderLayer| {
+            l.self_attn.q_proj.weight_bytes()
+                + l.self_attn.k_proj.weight_bytes()
+                + l.self_attn.v_proj.weight_bytes()
+                + l.self_attn.out_proj.weight_bytes()
+                + l.encoder_attn.q_proj.weight_bytes()
+                + l.encoder_attn.out_proj.weight_bytes()
+                + l.fc1.weight_bytes()
+                + l.fc2.weight_bytes()
+        };
+        self.layers.iter().map(per_layer).sum::<usize>() + self.lm_heads.weight_bytes()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     pub fn max_positions(&self) -> usize {
         self.positions.dim(0).unwrap_or(0)
     }
@@ -281,6 +349,11 @@ impl Decoder {
     /// hidden)`, or `None` for unconditional generation.
     pub fn reset(&mut self, encoder_states: Option<&Tensor>, capacity: usize) -> Result<()> {
         self.offset = 0;
+        let states = match encoder_states {
+            Some(s) => Some(s.to_dtype(self.positions.dtype())?),
+            None => None,
+        };
+        let encoder_states = states.as_ref();
         for layer in self.layers.iter_mut() {
             layer.self_attn.reset(capacity);
             layer.encoder_attn.set_encoder_states(encoder_states)?;

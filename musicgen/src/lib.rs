@@ -25,11 +25,13 @@
 //! # Ok::<(), musicgen::Error>(())
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod decoder;
 pub mod encodec;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod request;
 pub mod sampling;

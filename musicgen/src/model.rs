@@ -208,9 +208,6 @@ impl MusicGen {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(None);
 
-        let dtype = match precision {
-            Precision::F32 => DType::F32,
-        };
         for w in &files.weights {
             if !w.is_file() {
                 return Err(Error::MissingFile { path: w.clone() });
@@ -222,7 +219,7 @@ impl MusicGen {
         };
         // SAFETY: the files are memory-mapped read-only; like every safetensors
         // loader we rely on them not being modified while mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, DType::F32, device) }
             .map_err(weights_err)?;
         let (text_encoder, enc_to_dec_proj, decoder, audio) = pool
             .install(|| -> candle_core::Result<_> {
@@ -234,7 +231,11 @@ impl MusicGen {
                 } else {
                     None
                 };
-                let decoder = Decoder::new(&config.decoder, vb.pp("decoder"))?;
+                let decoder = Decoder::new(
+                    &config.decoder,
+                    precision.quantization(),
+                    vb.pp("decoder").set_dtype(precision.float_dtype()),
+                )?;
                 let audio = EncodecDecoder::new(
                     &config.audio_encoder,
                     config.decoder.num_codebooks,
@@ -494,6 +495,56 @@ impl MusicGen {
             sample_rate: self.sample_rate(),
             timings,
         })
+    }
+
+    /// Runs the decoder on a prompt and returns the codes with every step's guided
+    /// logits, flattened `(steps, codebooks, vocab)`: with `CodeSource::Forced`,
+    /// teacher forcing for comparing two precisions on the same inputs.
+    pub fn codes_and_logits(
+        &mut self,
+        prompt: &str,
+        frames: usize,
+        guidance_scale: f64,
+        codes_from: CodeSource<'_>,
+        cancel: &AtomicBool,
+    ) -> Result<(Vec<Vec<u32>>, Vec<f32>)> {
+        let conditioning = self.encode_prompt(prompt)?;
+        let mut logits = Vec::new();
+        let mut failed = None;
+        let mut collect =
+            |_: usize, t: &Tensor| match t.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
+                Ok(v) => logits.extend(v),
+                Err(e) => failed = Some(e),
+            };
+        let codes = self.generate_codes(
+            conditioning.as_ref(),
+            frames,
+            guidance_scale,
+            codes_from,
+            Some(&mut collect),
+            &mut |_| {},
+            cancel,
+            &mut Vec::new(),
+        )?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        Ok((codes, logits))
+    }
+
+    /// Bytes one decoder step reads on average over a generation of `frames`: the
+    /// decoder's weights (in their precision) plus the self-attention KV cache at
+    /// its mean length and the prompt's cross-attention keys and values.
+    pub fn step_bytes(&self, frames: usize, guided: bool, text_tokens: usize) -> usize {
+        let d = self.config.decoder.hidden_size;
+        let layers = self.decoder.num_layers();
+        let float = self.precision.float_dtype().size_in_bytes();
+        let batch = if guided { 2 } else { 1 };
+        let steps = frames + self.num_codebooks() - 1;
+        let mean_len = (steps + 1) / 2;
+        let self_kv = layers * 2 * batch * d * mean_len * float;
+        let cross_kv = layers * 2 * d * text_tokens * float;
+        self.decoder.step_weight_bytes() + self_kv + cross_kv
     }
 
     /// A request for this model with its checkpoint's defaults.

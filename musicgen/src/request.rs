@@ -68,21 +68,88 @@ impl std::fmt::Display for ModelSource {
     }
 }
 
-/// Numeric format of the weights during generation.
+/// Numeric format of the decoder's weights during generation. The text encoder
+/// and EnCodec run once per take and stay in f32.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// Full precision: the reference for parity.
     #[default]
     F32,
+    /// Half precision floats: for GPUs (CPUs have no fast path for them).
+    F16,
+    /// bfloat16: for GPUs.
+    Bf16,
+    /// 8-bit blocks of 32 (candle's q8_0 quantized matmul), f32 activations.
+    Q8_0,
+    /// 4-bit blocks of 32 (q4_0).
+    Q4_0,
+    /// 4-bit k-quant super-blocks of 256 (q4k).
+    Q4K,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 6] = [
+        Precision::F32,
+        Precision::F16,
+        Precision::Bf16,
+        Precision::Q8_0,
+        Precision::Q4_0,
+        Precision::Q4K,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+            Precision::Q8_0 => "q8_0",
+            Precision::Q4_0 => "q4_0",
+            Precision::Q4K => "q4k",
+        }
+    }
+
+    /// The float type of the decoder's activations and unquantized weights.
+    pub fn float_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F16 => candle_core::DType::F16,
+            Precision::Bf16 => candle_core::DType::BF16,
+            _ => candle_core::DType::F32,
+        }
+    }
+
+    /// The quantized format of the decoder's matrices, if any.
+    pub fn quantization(self) -> Option<candle_core::quantized::GgmlDType> {
+        use candle_core::quantized::GgmlDType;
+        match self {
+            Precision::Q8_0 => Some(GgmlDType::Q8_0),
+            Precision::Q4_0 => Some(GgmlDType::Q4_0),
+            Precision::Q4K => Some(GgmlDType::Q4K),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
+        let s = s.to_ascii_lowercase().replace('-', "_");
+        match s.as_str() {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
-            other => Err(format!("unknown precision \"{other}\" (supported: f32)")),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "q8" | "q8_0" => Ok(Precision::Q8_0),
+            "q4_0" => Ok(Precision::Q4_0),
+            "q4" | "q4k" | "q4_k" => Ok(Precision::Q4K),
+            other => Err(format!(
+                "unknown precision \"{other}\" (f32, f16, bf16, q8_0, q4_0, q4k)"
+            )),
         }
     }
 }

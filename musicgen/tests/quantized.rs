@@ -1,0 +1,211 @@
+//! Quantized and half-precision decoders: they load, generate, and their logits
+//! stay close to f32's when fed the same codes. The fixture's widths (64) are
+//! below q4k's 256-wide blocks, so this test builds a checkpoint with a 256-wide
+//! decoder around tiny-a's text encoder and EnCodec.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use common::{model_dir, pool};
+use musicgen::{hub, CodeSource, LogitsProcessor, MusicGen, Precision, Sampling};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+const HIDDEN: usize = 256;
+const FFN: usize = 512;
+const LAYERS: usize = 2;
+const VOCAB: usize = 64;
+const K: usize = 4;
+
+fn random(rng: &mut ChaCha8Rng, shape: &[usize], scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    // Sum of uniforms: roughly normal, zero mean, unit variance.
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            let s: f32 = (0..4)
+                .map(|_| (rng.next_u32() as f32 / u32::MAX as f32) - 0.5)
+                .sum();
+            s * 3f32.sqrt() * scale
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn build_wide_checkpoint(dir: &Path) {
+    let src = model_dir("tiny-a");
+    for f in ["tokenizer.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let dec = &mut config["decoder"];
+    dec["hidden_size"] = HIDDEN.into();
+    dec["ffn_dim"] = FFN.into();
+    dec["num_hidden_layers"] = LAYERS.into();
+    dec["num_attention_heads"] = 4.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    tensors.retain(|name, _| !name.starts_with("decoder."));
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let text = 64;
+    let mut put = |name: String, t: Tensor| {
+        tensors.insert(name, t);
+    };
+    let fan = |n: usize| 1.0 / (n as f32).sqrt();
+    put(
+        "enc_to_dec_proj.weight".into(),
+        random(&mut rng, &[HIDDEN, text], fan(text)),
+    );
+    put(
+        "enc_to_dec_proj.bias".into(),
+        random(&mut rng, &[HIDDEN], 0.1),
+    );
+    let p = "decoder.model.decoder";
+    for k in 0..K {
+        put(
+            format!("{p}.embed_tokens.{k}.weight"),
+            random(&mut rng, &[VOCAB + 1, HIDDEN], 0.5),
+        );
+        put(
+            format!("decoder.lm_heads.{k}.weight"),
+            random(&mut rng, &[VOCAB, HIDDEN], 4.0 * fan(HIDDEN)),
+        );
+    }
+    let ln = |rng: &mut ChaCha8Rng| {
+        (
+            (random(rng, &[HIDDEN], 0.1) + 1.0).unwrap(),
+            random(rng, &[HIDDEN], 0.1),
+        )
+    };
+    for (w, b) in [ln(&mut rng)] {
+        put(format!("{p}.layer_norm.weight"), w);
+        put(format!("{p}.layer_norm.bias"), b);
+    }
+    for l in 0..LAYERS {
+        let lp = format!("{p}.layers.{l}");
+        for attn in ["self_attn", "encoder_attn"] {
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                put(
+                    format!("{lp}.{attn}.{proj}.weight"),
+                    random(&mut rng, &[HIDDEN, HIDDEN], fan(HIDDEN)),
+                );
+            }
+        }
+        for norm in [
+            "self_attn_layer_norm",
+            "encoder_attn_layer_norm",
+            "final_layer_norm",
+        ] {
+            let (w, b) = ln(&mut rng);
+            put(format!("{lp}.{norm}.weight"), w);
+            put(format!("{lp}.{norm}.bias"), b);
+        }
+        put(
+            format!("{lp}.fc1.weight"),
+            random(&mut rng, &[FFN, HIDDEN], fan(HIDDEN)),
+        );
+        put(
+            format!("{lp}.fc2.weight"),
+            random(&mut rng, &[HIDDEN, FFN], fan(FFN)),
+        );
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+fn load(dir: &Path, precision: Precision) -> MusicGen {
+    let files = hub::local_files(dir).unwrap();
+    MusicGen::load(&files, &Device::Cpu, precision, pool()).unwrap()
+}
+
+#[test]
+fn reduced_precisions_generate_and_stay_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    build_wide_checkpoint(dir.path());
+    let prompt = "dusty boom-bap drums, 90 bpm";
+    let frames = 40;
+    let cancel = AtomicBool::new(false);
+    let mut reference = load(dir.path(), Precision::F32);
+    let sampling = Sampling::Sample {
+        temperature: 1.0,
+        top_k: Some(250),
+        top_p: None,
+    };
+    let mut sampler = LogitsProcessor::new(sampling, 5);
+    let (codes, ref_logits) = reference
+        .codes_and_logits(
+            prompt,
+            frames,
+            3.0,
+            CodeSource::Sample(&mut sampler),
+            &cancel,
+        )
+        .unwrap();
+    let f32_bytes = reference.step_bytes(frames, true, 18);
+
+    // (precision, largest relative RMS error allowed, largest weight-bytes ratio to f32)
+    let cases = [
+        (Precision::Q8_0, 0.03, 0.30),
+        (Precision::Q4_0, 0.20, 0.20),
+        (Precision::Q4K, 0.20, 0.20),
+        (Precision::F16, 0.01, 0.55),
+        (Precision::Bf16, 0.05, 0.55),
+    ];
+    for (precision, max_err, max_bytes) in cases {
+        let mut model = load(dir.path(), precision);
+        let (_, logits) = model
+            .codes_and_logits(prompt, frames, 3.0, CodeSource::Forced(&codes), &cancel)
+            .unwrap();
+        let quality = musicgen::metrics::compare_logits(&ref_logits, &logits, K, VOCAB, frames);
+        for (c, q) in quality.iter().enumerate() {
+            println!(
+                "{precision}: codebook {c}: rel RMS {:.2}%, KL {:.5}, top-1 {:.0}%",
+                100.0 * q.rel_rms,
+                q.kl,
+                100.0 * q.top1
+            );
+            assert!(q.rel_rms < max_err, "{precision} codebook {c}: {q:?}");
+            assert!(q.rel_rms > 0.0, "{precision} should differ from f32 at all");
+        }
+        // Fewer bytes per step is the point of the exercise.
+        let ratio = model.step_bytes(frames, true, 18) as f64 / f32_bytes as f64;
+        println!("{precision}: {ratio:.3} of f32's bytes per step");
+        assert!(ratio < max_bytes, "{precision}: bytes ratio {ratio}");
+        // And a whole sampled generation works end to end.
+        let take = model
+            .generate(
+                &musicgen::GenerationRequest {
+                    prompt: prompt.into(),
+                    frames: 10,
+                    precision,
+                    ..Default::default()
+                },
+                &mut |_| {},
+                &cancel,
+            )
+            .unwrap();
+        assert_eq!(take.audio.len(), 10 * 640);
+        assert!(take.audio.iter().all(|s| s.is_finite()));
+        assert!(take.codes.iter().flatten().all(|&c| (c as usize) < VOCAB));
+    }
+}
+
+#[test]
+fn the_small_fixture_quantizes_what_fits_the_blocks() {
+    // tiny-a's 64-wide matrices fit q8_0's 32-wide blocks but not q4k's 256:
+    // q4k leaves them in f32 and still runs.
+    let f32_model = load(&model_dir("tiny-a"), Precision::F32);
+    let q8 = load(&model_dir("tiny-a"), Precision::Q8_0);
+    let q4k = load(&model_dir("tiny-a"), Precision::Q4K);
+    let (a, b, c) = (
+        f32_model.step_bytes(10, true, 5),
+        q8.step_bytes(10, true, 5),
+        q4k.step_bytes(10, true, 5),
+    );
+    assert!(b < a / 2, "q8_0 {b} vs f32 {a}");
+    assert_eq!(c, a, "q4k cannot quantize 64-wide rows");
+}
