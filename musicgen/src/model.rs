@@ -541,7 +541,7 @@ impl MusicGen {
         let float = self.precision.float_dtype().size_in_bytes();
         let batch = if guided { 2 } else { 1 };
         let steps = frames + self.num_codebooks() - 1;
-        let mean_len = (steps + 1) / 2;
+        let mean_len = steps.div_ceil(2);
         let self_kv = layers * 2 * batch * d * mean_len * float;
         let cross_kv = layers * 2 * d * text_tokens * float;
         self.decoder.step_weight_bytes() + self_kv + cross_kv
