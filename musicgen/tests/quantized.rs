@@ -82,10 +82,9 @@ fn build_wide_checkpoint(dir: &Path) {
             random(rng, &[HIDDEN], 0.1),
         )
     };
-    for (w, b) in [ln(&mut rng)] {
-        put(format!("{p}.layer_norm.weight"), w);
-        put(format!("{p}.layer_norm.bias"), b);
-    }
+    let (w, b) = ln(&mut rng);
+    put(format!("{p}.layer_norm.weight"), w);
+    put(format!("{p}.layer_norm.bias"), b);
     for l in 0..LAYERS {
         let lp = format!("{p}.layers.{l}");
         for attn in ["self_attn", "encoder_attn"] {
