@@ -20,6 +20,7 @@ DIR defaults to bench-models/musicgen-small-random under the repository root (gi
 
 import argparse
 import json
+import resource
 import shutil
 import struct
 import sys
@@ -209,13 +210,15 @@ def build(out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t1 = time.time()
-    # config.json as save_pretrained writes it (it sets "architectures" before saving), without writing weights
+    # config.json as save_pretrained writes it (it sets "architectures" and "dtype"), without writing weights
     model.config.architectures = [type(model).__name__]
+    model.config.dtype = torch.float32
     model.config.save_pretrained(out)
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
     shutil.copyfile(TOKENIZER_SRC, out / "tokenizer.json")
     nbytes = write_safetensors_streaming(published_tensors(model), out / "model.safetensors")
-    print(f"wrote {nbytes / 1e9:.3f} GB of float32 tensors in {time.time() - t1:.1f}s")
+    print(f"wrote {nbytes / 1e9:.3f} GB of float32 tensors in {time.time() - t1:.1f}s "
+          f"(peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 
 @torch.no_grad()

@@ -8,8 +8,10 @@
 //! computed once per prompt), and one LM head per codebook.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{kv_cache::KvCache, Embedding, LayerNorm, Linear, VarBuilder};
+
+use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
 
@@ -57,10 +59,26 @@ impl Proj {
 impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            // gemm runs a single-row product on one thread at about half the
+            // bandwidth of a two-row one, which it parallelises: so a lone row
+            // gets a zero companion (it reads each weight once either way).
+            Proj::Dense(l) if x.device().is_cpu() && x.elem_count() == x.dim(D::Minus1)? => {
+                let row = x.flatten_all()?.unsqueeze(0)?;
+                let pair = Tensor::cat(&[&row, &row.zeros_like()?], 0)?;
+                l.forward(&pair)?
+                    .narrow(0, 0, 1)?
+                    .reshape(output_shape(x, l)?)
+            }
             Proj::Dense(l) => l.forward(x),
             Proj::Quantized(q) => q.forward(x),
         }
     }
+}
+
+fn output_shape(x: &Tensor, l: &Linear) -> Result<Vec<usize>> {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("at least one dim") = l.weight().dim(0)?;
+    Ok(dims)
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
@@ -201,15 +219,16 @@ impl CrossAttention {
     /// Cross-attention for the conditional row 0 of `x`. The other rows are the
     /// unconditional half of classifier-free guidance: the reference feeds them
     /// all-zero states under an all-zero mask, so their values are zero, the
-    /// uniform attention over them is zero, and so is their output. They get
-    /// exact zeros here without the work.
+    /// uniform attention over them is zero, and so is their output (the
+    /// projections have no bias). They get exact zeros here without the attention.
     fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let Some((k, v)) = &self.kv else {
             return Ok(None);
         };
         let (b, s, d) = x.dims3()?;
-        let cond = x.narrow(0, 0, 1)?;
-        let q = (self.split_heads(&self.q_proj.forward(&cond)?)? * self.scaling)?;
+        // Projecting every row costs no more weight reads than projecting one.
+        let q = self.q_proj.forward(x)?.narrow(0, 0, 1)?;
+        let q = (self.split_heads(&q)? * self.scaling)?;
         let scores = q.matmul(&k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out =
@@ -217,13 +236,13 @@ impl CrossAttention {
                 .matmul(v)?
                 .transpose(1, 2)?
                 .reshape((1, s, self.num_heads * self.head_dim))?;
-        let out = self.out_proj.forward(&out)?;
-        if b == 1 {
-            Ok(Some(out))
+        let out = if b == 1 {
+            out
         } else {
             let zeros = Tensor::zeros((b - 1, s, d), out.dtype(), out.device())?;
-            Ok(Some(Tensor::cat(&[&out, &zeros], 0)?))
-        }
+            Tensor::cat(&[&out, &zeros], 0)?
+        };
+        Ok(Some(self.out_proj.forward(&out)?))
     }
 }
 
@@ -295,7 +314,9 @@ impl Decoder {
         let embed_tokens = (0..k)
             .map(|i| candle_nn::embedding(cfg.vocab_size + 1, d, vb_m.pp("embed_tokens").pp(i)))
             .collect::<Result<Vec<_>>>()?;
+        // Layers load (and quantize) in parallel on the caller's pool.
         let layers = (0..cfg.num_hidden_layers)
+            .into_par_iter()
             .map(|i| DecoderLayer::new(cfg, quant, vb_m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let heads = (0..k)

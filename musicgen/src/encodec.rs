@@ -322,9 +322,21 @@ enum Layer {
 pub struct EncodecDecoder {
     /// Per quantizer layer, the codebook (codebook_size, codebook_dim).
     codebooks: Vec<Tensor>,
+    /// The first convolution and the LSTM, run over the whole sequence.
     layers: Vec<Layer>,
+    /// The upsampling stack after the LSTM: only convolutions, so it runs in
+    /// overlapping time chunks, bounding memory for long takes.
+    tail: Vec<Layer>,
     hop_length: usize,
+    chunk_frames: usize,
 }
+
+/// Frames per chunk of the upsampling stack: keeps its buffers to a few tens of MB
+/// for the published 32 kHz model.
+const CHUNK_FRAMES: usize = 32;
+/// Frames of context on each side of a chunk; the stack's receptive field is under
+/// two frames, so the kept samples are computed exactly as in one pass.
+const HALO_FRAMES: usize = 4;
 
 impl EncodecDecoder {
     /// `vb` points at the composite checkpoint's `audio_encoder` prefix.
@@ -406,11 +418,27 @@ impl EncodecDecoder {
             1,
             vb.pp(next()),
         )?));
+        let tail = layers.split_off(2);
         Ok(Self {
             codebooks,
             layers,
+            tail,
             hop_length: cfg.hop_length(),
+            chunk_frames: CHUNK_FRAMES,
         })
+    }
+
+    fn run(layers: &[Layer], mut x: Tensor) -> Result<Tensor> {
+        for layer in layers {
+            x = match layer {
+                Layer::Conv(c) => c.forward(&x)?,
+                Layer::Lstm(l) => l.forward(&x)?,
+                Layer::Elu => x.elu(1.0)?,
+                Layer::ConvTranspose(c) => c.forward(&x)?,
+                Layer::Resnet(r) => r.forward(&x)?,
+            };
+        }
+        Ok(x)
     }
 
     pub fn num_codebooks(&self) -> usize {
@@ -442,17 +470,23 @@ impl EncodecDecoder {
             });
         }
         let emb = emb.expect("at least one codebook");
-        let mut x = emb.t()?.unsqueeze(0)?.contiguous()?; // (1, dim, frames)
-        for layer in &self.layers {
-            x = match layer {
-                Layer::Conv(c) => c.forward(&x)?,
-                Layer::Lstm(l) => l.forward(&x)?,
-                Layer::Elu => x.elu(1.0)?,
-                Layer::ConvTranspose(c) => c.forward(&x)?,
-                Layer::Resnet(r) => r.forward(&x)?,
-            };
-        }
-        x.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)
+        let x = emb.t()?.unsqueeze(0)?.contiguous()?; // (1, dim, frames)
+        let x = Self::run(&self.layers, x)?;
+        let (chunk, hop) = (self.chunk_frames, self.hop_length);
+        let y = if frames <= chunk + 2 * HALO_FRAMES {
+            Self::run(&self.tail, x)?
+        } else {
+            let mut pieces = Vec::with_capacity(frames.div_ceil(chunk));
+            for start in (0..frames).step_by(chunk) {
+                let end = (start + chunk).min(frames);
+                let a = start.saturating_sub(HALO_FRAMES);
+                let b = (end + HALO_FRAMES).min(frames);
+                let y = Self::run(&self.tail, x.narrow(2, a, b - a)?)?;
+                pieces.push(y.narrow(2, (start - a) * hop, (end - start) * hop)?);
+            }
+            Tensor::cat(&pieces, 2)?
+        };
+        y.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)
     }
 }
 
@@ -484,6 +518,41 @@ mod tests {
         assert_eq!(
             row(&pad1d(&x, 3, 3, PadMode::Reflect).unwrap()),
             vec![0., 0., 2., 1., 2., 0., 0., 0.]
+        );
+    }
+
+    #[test]
+    fn chunked_decode_equals_one_pass() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models/tiny-a");
+        let cfg: crate::config::Config =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
+        }
+        .unwrap();
+        let mut dec = EncodecDecoder::new(&cfg.audio_encoder, 4, vb.pp("audio_encoder")).unwrap();
+        let frames = 45;
+        let codes: Vec<u32> = (0..4 * frames as u32).map(|i| (i * 37 + 11) % 64).collect();
+        let codes = Tensor::from_vec(codes, (4, frames), &Device::Cpu).unwrap();
+        let whole = row(&dec.decode(&codes).unwrap());
+        dec.chunk_frames = 7;
+        let chunked = row(&dec.decode(&codes).unwrap());
+        assert_eq!(whole.len(), frames * 640);
+        assert_eq!(chunked.len(), whole.len());
+        let peak = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = whole
+            .iter()
+            .zip(&chunked)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-6 * peak,
+            "chunked decode differs by {err} (peak {peak})"
         );
     }
 
