@@ -8,7 +8,7 @@
 //! computed once per prompt), and one LM head per codebook.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{kv_cache::KvCache, Embedding, LayerNorm, Linear, VarBuilder};
 
 use rayon::prelude::*;
@@ -59,26 +59,14 @@ impl Proj {
 impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            // gemm runs a single-row product on one thread at about half the
-            // bandwidth of a two-row one, which it parallelises: so a lone row
-            // gets a zero companion (it reads each weight once either way).
-            Proj::Dense(l) if x.device().is_cpu() && x.elem_count() == x.dim(D::Minus1)? => {
-                let row = x.flatten_all()?.unsqueeze(0)?;
-                let pair = Tensor::cat(&[&row, &row.zeros_like()?], 0)?;
-                l.forward(&pair)?
-                    .narrow(0, 0, 1)?
-                    .reshape(output_shape(x, l)?)
-            }
-            Proj::Dense(l) => l.forward(x),
+            // A decoder step's one or two rows stream the weights once (see gemv).
+            Proj::Dense(l) => match crate::gemv::try_small_matmul(x, l.weight())? {
+                Some(y) => Ok(y),
+                None => l.forward(x),
+            },
             Proj::Quantized(q) => q.forward(x),
         }
     }
-}
-
-fn output_shape(x: &Tensor, l: &Linear) -> Result<Vec<usize>> {
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("at least one dim") = l.weight().dim(0)?;
-    Ok(dims)
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
