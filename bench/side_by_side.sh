@@ -26,7 +26,7 @@ PROMPT=${PROMPT:-dusty boom-bap drums, 90 bpm}  # passed to both, so both encode
 
 machine_info() {
     local cpu mem
-    cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
+    cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1 || true)
     mem=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || true)
     export BENCH_CPU="${cpu:-unknown CPU}" BENCH_NPROC="$(nproc)" BENCH_MEM="${mem:-unknown}"
     export BENCH_DATE="${BENCH_DATE:-$(date '+%Y-%m-%d %H:%M:%S %Z')}"

@@ -14,6 +14,7 @@ use candle_nn::{kv_cache::KvCache, Embedding, LayerNorm, Linear, VarBuilder};
 use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
+use crate::gemv::Workers;
 
 /// A bias-free projection: a float matrix, or a quantized one (candle's quantized
 /// matmul). A matrix whose inner size is not a multiple of the format's block
@@ -60,7 +61,7 @@ impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             // A decoder step's one or two rows stream the weights once (see gemv).
-            Proj::Dense(l) => match crate::gemv::try_small_matmul(x, l.weight())? {
+            Proj::Dense(l) => match crate::gemv::try_small_matmul(Workers::Rayon, x, l.weight())? {
                 Some(y) => Ok(y),
                 None => l.forward(x),
             },
@@ -96,29 +97,36 @@ fn sinusoidal_table(num_positions: usize, dim: usize, device: &Device) -> Result
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
+    /// The query, key and value projections stacked: one product per step.
+    qkv_proj: Proj,
     out_proj: Proj,
     num_heads: usize,
     head_dim: usize,
     scaling: f64,
     kv_cache: KvCache,
+    workers: Workers,
 }
 
 impl SelfAttention {
     fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
+        let qkv = ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .map(|name| vb.pp(name).get((d, d), "weight"))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            q_proj: Proj::load(d, d, quant, vb.pp("q_proj"))?,
-            k_proj: Proj::load(d, d, quant, vb.pp("k_proj"))?,
-            v_proj: Proj::load(d, d, quant, vb.pp("v_proj"))?,
+            qkv_proj: Proj::from_weight(Tensor::cat(&qkv, 0)?, quant)?,
             out_proj: Proj::load(d, d, quant, vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
             kv_cache: KvCache::new(2, 64),
+            workers: if quant.is_some() {
+                Workers::Candle
+            } else {
+                Workers::Rayon
+            },
         })
     }
 
@@ -136,10 +144,26 @@ impl SelfAttention {
     }
 
     fn forward(&mut self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = (self.split_heads(&self.q_proj.forward(x)?)? * self.scaling)?;
-        let k = self.split_heads(&self.k_proj.forward(x)?)?;
-        let v = self.split_heads(&self.v_proj.forward(x)?)?;
+        let qkv = self.qkv_proj.forward(x)?;
+        let d = self.num_heads * self.head_dim;
+        let q = (self.split_heads(&qkv.narrow(2, 0, d)?)? * self.scaling)?;
+        let k = self.split_heads(&qkv.narrow(2, d, d)?)?;
+        let v = self.split_heads(&qkv.narrow(2, 2 * d, d)?)?;
         let (k, v) = self.kv_cache.append(&k, &v)?;
+        if mask.is_none() {
+            // One query per row: attend straight from the cache buffers (CPU, f32).
+            let (k_all, v_all) = (
+                self.kv_cache.k_cache().all_data(),
+                self.kv_cache.v_cache().all_data(),
+            );
+            if let (Some(k_all), Some(v_all)) = (k_all, v_all) {
+                let len = self.kv_cache.current_seq_len();
+                if let Some(out) = crate::gemv::try_attend_one(self.workers, &q, k_all, v_all, len)?
+                {
+                    return self.out_proj.forward(&self.merge_heads(&out)?);
+                }
+            }
+        }
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(mask) => scores.broadcast_add(mask)?,
@@ -333,9 +357,7 @@ impl Decoder {
     /// projections run once per prompt, so they are not counted).
     pub fn step_weight_bytes(&self) -> usize {
         let per_layer = |l: &DecoderLayer| {
-            l.self_attn.q_proj.weight_bytes()
-                + l.self_attn.k_proj.weight_bytes()
-                + l.self_attn.v_proj.weight_bytes()
+            l.self_attn.qkv_proj.weight_bytes()
                 + l.self_attn.out_proj.weight_bytes()
                 + l.encoder_attn.q_proj.weight_bytes()
                 + l.encoder_attn.out_proj.weight_bytes()

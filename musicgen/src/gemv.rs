@@ -7,7 +7,50 @@
 //! this path: each weight row is read once and dotted with every activation row.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
-use rayon::prelude::*;
+
+/// A pointer to an output buffer whose disjoint parts parallel tasks fill.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint ranges (each caller states which).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `[start, start + len)` is inside the buffer and written by no one else.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        // SAFETY: as the caller states.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Which threads run the kernels here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// The current rayon pool (the engine's compute pool).
+    Rayon,
+    /// candle's own CPU workers, which run its quantized kernels and spin for a
+    /// while after each: while those kernels are in use, sharing their threads
+    /// keeps ours from competing with them for the same cores.
+    Candle,
+}
+
+/// Runs `f` over `0..n` in parallel on `workers`.
+fn on_compute_threads(
+    workers: Workers,
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) + Sync + Send,
+) {
+    match workers {
+        Workers::Candle => candle_core::utils::barrier_pool().execute_chunked(n, f),
+        Workers::Rayon => {
+            use rayon::prelude::*;
+            (0..n).into_par_iter().for_each(|i| f(i..i + 1));
+        }
+    }
+}
 
 /// Activation rows up to which this path is used.
 pub const MAX_ROWS: usize = 4;
@@ -146,19 +189,30 @@ fn task(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
 
 /// `y = x · wᵀ` for `x` of `m` rows of length `k` and `w` of `n` rows of length `k`;
 /// `y` is `m` rows of length `n`. Runs on the current rayon pool.
-pub fn rows_times_transposed(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+pub fn rows_times_transposed(
+    workers: Workers,
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.len(), n * k);
     // Computed column-major (one weight row gives one value per activation row),
     // then transposed: the output is tiny next to the weights.
     let mut yt = vec![0f32; n * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(t, out)| {
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    let out = SharedOut(yt.as_mut_ptr());
+    on_compute_threads(workers, tasks, |range| {
+        for t in range {
             let first = t * ROWS_PER_TASK;
-            let rows = out.len() / m;
+            let rows = ROWS_PER_TASK.min(n - first);
+            // SAFETY: task t alone writes rows [first, first + rows) of yt.
+            let out = unsafe { out.slice(first * m, rows * m) };
             task(x, m, k, &w[first * k..(first + rows) * k], out);
-        });
+        }
+    });
     let mut y = vec![0f32; m * n];
     for j in 0..n {
         for r in 0..m {
@@ -178,7 +232,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f
 
 /// `x · weightᵀ` by the streaming path when `x` is a few f32 rows on the CPU and
 /// both tensors are contiguous; `None` when it does not apply.
-pub fn try_small_matmul(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+pub fn try_small_matmul(workers: Workers, x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return Ok(None);
     }
@@ -199,7 +253,7 @@ pub fn try_small_matmul(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     let (Some(xv), Some(wv)) = (contiguous_f32(xs, xl), contiguous_f32(ws, wl)) else {
         return Ok(None);
     };
-    let y = rows_times_transposed(xv, m, wv, n, k);
+    let y = rows_times_transposed(workers, xv, m, wv, n, k);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("x has a last dim") = n;
     Ok(Some(Tensor::from_vec(
@@ -209,9 +263,149 @@ pub fn try_small_matmul(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     )?))
 }
 
+/// Dot product of two equal-length slices (AVX2 and FMA when present).
+fn dot_auto(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; the slices have equal lengths.
+        return unsafe { avx2::dots(a, None, b) }.0;
+    }
+    dot(a, b)
+}
+
+/// Single-query attention straight from a KV cache buffer: for each of the
+/// `pairs` (batch x heads), `softmax(q · Kᵀ) · V` over the first `len` cached
+/// positions. `q` is `(pairs, dh)`, `k` and `v` are `(pairs, cap, dh)`. Reads
+/// the cache once, with no copies of it.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_one(
+    workers: Workers,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pairs: usize,
+    cap: usize,
+    len: usize,
+    dh: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; pairs * dh];
+    let shared = SharedOut(out.as_mut_ptr());
+    on_compute_threads(workers, pairs, |range| {
+        for p in range {
+            // SAFETY: pair p alone writes out[p * dh..(p + 1) * dh].
+            let out = unsafe { shared.slice(p * dh, dh) };
+            attend_pair(&q[p * dh..(p + 1) * dh], k, v, p, cap, len, dh, out);
+        }
+    });
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend_pair(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: usize,
+    cap: usize,
+    len: usize,
+    dh: usize,
+    out: &mut [f32],
+) {
+    {
+        let k = &k[p * cap * dh..(p * cap + len) * dh];
+        let v = &v[p * cap * dh..(p * cap + len) * dh];
+        let mut scores: Vec<f32> = k.chunks_exact(dh).map(|row| dot_auto(q, row)).collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        for (w, row) in scores.iter().zip(v.chunks_exact(dh)) {
+            let w = w * inv;
+            for (o, x) in out.iter_mut().zip(row) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// [`attend_one`] on tensors: `q` `(b, h, 1, dh)`; `k_all`, `v_all` the cache
+/// buffers `(b, h, cap, dh)` of which the first `len` positions are filled.
+/// `None` when not on the CPU in f32 or not contiguous.
+pub fn try_attend_one(
+    workers: Workers,
+    q: &Tensor,
+    k_all: &Tensor,
+    v_all: &Tensor,
+    len: usize,
+) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || q.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, h, s, dh) = q.dims4()?;
+    let (_, _, cap, _) = k_all.dims4()?;
+    if s != 1 || len == 0 || len > cap {
+        return Ok(None);
+    }
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k_all.storage_and_layout();
+    let (vs, vl) = v_all.storage_and_layout();
+    let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+        return Ok(None);
+    };
+    let (Some(qv), Some(kv), Some(vv)) = (
+        contiguous_f32(qs, ql),
+        contiguous_f32(ks, kl),
+        contiguous_f32(vs, vl),
+    ) else {
+        return Ok(None);
+    };
+    let out = attend_one(workers, qv, kv, vv, b * h, cap, len, dh);
+    Ok(Some(Tensor::from_vec(out, (b, h, 1, dh), q.device())?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_query_attention_matches_softmax_attention() {
+        let (pairs, cap, len, dh) = (3, 7, 5, 20);
+        let q: Vec<f32> = (0..pairs * dh)
+            .map(|i| ((i * 3) % 7) as f32 * 0.1 - 0.3)
+            .collect();
+        let k: Vec<f32> = (0..pairs * cap * dh)
+            .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let v: Vec<f32> = (0..pairs * cap * dh)
+            .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+            .collect();
+        let out = attend_one(Workers::Rayon, &q, &k, &v, pairs, cap, len, dh);
+        assert_eq!(
+            out,
+            attend_one(Workers::Candle, &q, &k, &v, pairs, cap, len, dh)
+        );
+        for p in 0..pairs {
+            let scores: Vec<f64> = (0..len)
+                .map(|t| {
+                    (0..dh)
+                        .map(|d| (q[p * dh + d] * k[(p * cap + t) * dh + d]) as f64)
+                        .sum()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..dh {
+                let want: f64 = (0..len)
+                    .map(|t| e[t] / z * v[(p * cap + t) * dh + d] as f64)
+                    .sum();
+                assert!((out[p * dh + d] as f64 - want).abs() < 1e-5, "{p},{d}");
+            }
+        }
+    }
 
     #[test]
     fn matches_a_plain_matmul() {
@@ -220,7 +414,8 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
             .collect();
-        let y = rows_times_transposed(&x, m, &w, n, k);
+        let y = rows_times_transposed(Workers::Rayon, &x, m, &w, n, k);
+        assert_eq!(y, rows_times_transposed(Workers::Candle, &x, m, &w, n, k));
         for r in 0..m {
             for j in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[j * k + i]).sum();
@@ -237,7 +432,7 @@ mod tests {
             .reshape((3, 4))
             .unwrap();
         let x = Tensor::new(&[[[1f32, 0., -1., 2.]], [[0.5, 0.5, 0.5, 0.5]]], &dev).unwrap();
-        let got = try_small_matmul(&x, &w).unwrap().unwrap();
+        let got = try_small_matmul(Workers::Rayon, &x, &w).unwrap().unwrap();
         let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
         assert_eq!(got.dims(), &[2, 1, 3]);
         assert_eq!(
@@ -246,11 +441,13 @@ mod tests {
         );
         // Too many rows, or a transposed (non-contiguous) input: not this path.
         let many = Tensor::zeros((8, 4), DType::F32, &dev).unwrap();
-        assert!(try_small_matmul(&many, &w).unwrap().is_none());
+        assert!(try_small_matmul(Workers::Rayon, &many, &w)
+            .unwrap()
+            .is_none());
         let wt = Tensor::zeros((4, 3), DType::F32, &dev)
             .unwrap()
             .t()
             .unwrap();
-        assert!(try_small_matmul(&x, &wt).unwrap().is_none());
+        assert!(try_small_matmul(Workers::Rayon, &x, &wt).unwrap().is_none());
     }
 }
