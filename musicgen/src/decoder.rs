@@ -95,6 +95,17 @@ fn sinusoidal_table(num_positions: usize, dim: usize, device: &Device) -> Result
     Tensor::from_vec(table, (num_positions, dim), device)
 }
 
+/// Switches that undo an optimisation, so a benchmark can measure what each buys.
+/// Results are the same either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ablation {
+    /// Grow the self-attention cache by concatenation each step instead of
+    /// writing into a buffer allocated once for the whole generation.
+    pub kv_concat: bool,
+    /// Recompute the prompt's cross-attention keys and values at every step.
+    pub cross_kv_every_step: bool,
+}
+
 #[derive(Debug, Clone)]
 struct SelfAttention {
     /// The query, key and value projections stacked: one product per step.
@@ -104,6 +115,8 @@ struct SelfAttention {
     head_dim: usize,
     scaling: f64,
     kv_cache: KvCache,
+    /// The cache as a growing pair of tensors, under `Ablation::kv_concat`.
+    concat: Option<Option<(Tensor, Tensor)>>,
     workers: Workers,
 }
 
@@ -122,6 +135,7 @@ impl SelfAttention {
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
             kv_cache: KvCache::new(2, 64),
+            concat: None,
             workers: if quant.is_some() {
                 Workers::Candle
             } else {
@@ -149,8 +163,18 @@ impl SelfAttention {
         let q = (self.split_heads(&qkv.narrow(2, 0, d)?)? * self.scaling)?;
         let k = self.split_heads(&qkv.narrow(2, d, d)?)?;
         let v = self.split_heads(&qkv.narrow(2, 2 * d, d)?)?;
-        let (k, v) = self.kv_cache.append(&k, &v)?;
-        if mask.is_none() {
+        let (k, v) = match &mut self.concat {
+            Some(cache) => {
+                let kv = match cache.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *cache = Some(kv.clone());
+                kv
+            }
+            None => self.kv_cache.append(&k, &v)?,
+        };
+        if mask.is_none() && self.concat.is_none() {
             // One query per row: attend straight from the cache buffers (CPU, f32).
             let (k_all, v_all) = (
                 self.kv_cache.k_cache().all_data(),
@@ -178,6 +202,9 @@ impl SelfAttention {
         // A fresh cache sized for the whole generation: appends then copy into place
         // instead of reallocating.
         self.kv_cache = KvCache::new(2, capacity.max(1));
+        if let Some(cache) = &mut self.concat {
+            *cache = None;
+        }
     }
 }
 
@@ -192,6 +219,11 @@ struct CrossAttention {
     scaling: f64,
     /// Keys and values of the prompt, (1, heads, text_len, head_dim), once per prompt.
     kv: Option<(Tensor, Tensor)>,
+    /// The prompt's states, kept to recompute `kv` every step under
+    /// `Ablation::cross_kv_every_step`.
+    states: Option<Tensor>,
+    every_step: bool,
+    workers: Workers,
 }
 
 impl CrossAttention {
@@ -207,7 +239,21 @@ impl CrossAttention {
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
             kv: None,
+            states: None,
+            every_step: false,
+            workers: if quant.is_some() {
+                Workers::Candle
+            } else {
+                Workers::Rayon
+            },
         })
+    }
+
+    fn project_states(&self, states: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.k_proj.forward(states)?)?,
+            self.split_heads(&self.v_proj.forward(states)?)?,
+        ))
     }
 
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
@@ -219,12 +265,10 @@ impl CrossAttention {
 
     fn set_encoder_states(&mut self, states: Option<&Tensor>) -> Result<()> {
         self.kv = match states {
-            Some(states) => Some((
-                self.split_heads(&self.k_proj.forward(states)?)?,
-                self.split_heads(&self.v_proj.forward(states)?)?,
-            )),
+            Some(states) => Some(self.project_states(states)?),
             None => None,
         };
+        self.states = states.cloned();
         Ok(())
     }
 
@@ -234,20 +278,31 @@ impl CrossAttention {
     /// uniform attention over them is zero, and so is their output (the
     /// projections have no bias). They get exact zeros here without the attention.
     fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let Some((k, v)) = &self.kv else {
-            return Ok(None);
+        let recomputed;
+        let (k, v) = match (&self.kv, &self.states) {
+            (Some(_), Some(states)) if self.every_step => {
+                recomputed = self.project_states(states)?;
+                (&recomputed.0, &recomputed.1)
+            }
+            (Some((k, v)), _) => (k, v),
+            (None, _) => return Ok(None),
         };
         let (b, s, d) = x.dims3()?;
         // Projecting every row costs no more weight reads than projecting one.
         let q = self.q_proj.forward(x)?.narrow(0, 0, 1)?;
         let q = (self.split_heads(&q)? * self.scaling)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out =
-            probs
-                .matmul(v)?
-                .transpose(1, 2)?
-                .reshape((1, s, self.num_heads * self.head_dim))?;
+        let text_len = k.dim(2)?;
+        let out = match crate::gemv::try_attend_one(self.workers, &q, k, v, text_len)? {
+            Some(out) => out,
+            None => {
+                let scores = q.matmul(&k.t()?)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                probs.matmul(v)?
+            }
+        };
+        let out = out
+            .transpose(1, 2)?
+            .reshape((1, s, self.num_heads * self.head_dim))?;
         let out = if b == 1 {
             out
         } else {
@@ -390,6 +445,25 @@ impl Decoder {
             layer.encoder_attn.set_encoder_states(encoder_states)?;
         }
         Ok(())
+    }
+
+    /// Undoes optimisations for measuring them (see [`Ablation`]).
+    pub fn set_ablation(&mut self, ablation: Ablation) {
+        for layer in self.layers.iter_mut() {
+            layer.self_attn.concat = ablation.kv_concat.then_some(None);
+            layer.encoder_attn.every_step = ablation.cross_kv_every_step;
+        }
+    }
+
+    /// Frees the self-attention caches and the prompt's keys and values, e.g.
+    /// before the audio decode so the two never hold memory at once.
+    pub fn release(&mut self) {
+        self.offset = 0;
+        for layer in self.layers.iter_mut() {
+            layer.self_attn.reset(1);
+            layer.encoder_attn.kv = None;
+            layer.encoder_attn.states = None;
+        }
     }
 
     /// Runs the decoder on `ids` of shape `(batch, codebooks, seq)` (u32) following the

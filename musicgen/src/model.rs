@@ -261,6 +261,11 @@ impl MusicGen {
         })
     }
 
+    /// Undoes decoder optimisations, to measure what each buys (benchmarks only).
+    pub fn set_ablation(&mut self, ablation: crate::decoder::Ablation) {
+        self.decoder.set_ablation(ablation);
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -432,6 +437,7 @@ impl MusicGen {
                 total: steps,
             });
         }
+        decoder.release();
         Ok(codes)
     }
 

@@ -153,3 +153,14 @@ fn generate_with_greedy_request_gives_reference_codes_and_audio() {
     let e = rel_error(&take.audio, &r.floats("g3.audio"));
     assert!(e < TOL, "audio differs by {e}");
 }
+
+#[test]
+fn ablations_change_speed_not_results() {
+    let mut model = load("tiny-b");
+    let r = Reference::load("tiny-b");
+    model.set_ablation(musicgen::decoder::Ablation {
+        kv_concat: true,
+        cross_kv_every_step: true,
+    });
+    check_guidance(&mut model, &r, 3.0, "g3");
+}

@@ -79,6 +79,12 @@ struct BenchArgs {
     #[arg(long)]
     quality: bool,
 
+    /// Undo optimisations to measure them, comma-separated: kv-concat (grow the KV
+    /// cache by concatenation), cross-kv-every-step (recompute the prompt's keys and
+    /// values at every step).
+    #[arg(long, value_delimiter = ',')]
+    ablate: Vec<String>,
+
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -406,6 +412,15 @@ fn bench(args: BenchArgs) -> Result<()> {
     )?;
     let load_s = t0.elapsed().as_secs_f64();
     let load_peak = peak_rss().unwrap_or(0);
+    let mut ablation = musicgen::decoder::Ablation::default();
+    for a in &args.ablate {
+        match a.as_str() {
+            "kv-concat" => ablation.kv_concat = true,
+            "cross-kv-every-step" => ablation.cross_kv_every_step = true,
+            other => bail!("unknown --ablate \"{other}\" (kv-concat, cross-kv-every-step)"),
+        }
+    }
+    model.set_ablation(ablation);
     let rss_loaded = current_rss().unwrap_or(0);
 
     let request = GenerationRequest {
@@ -425,9 +440,21 @@ fn bench(args: BenchArgs) -> Result<()> {
     request.validate()?;
     reset_peak_rss();
     let t0 = Instant::now();
-    let take = model.generate(&request, &mut |_| {}, &cancel)?;
+    // Peak memory of the decoder loop, then of the audio decode, separately.
+    let mut loop_peak = 0;
+    let take = model.generate(
+        &request,
+        &mut |p| {
+            if p == Progress::DecodingAudio {
+                loop_peak = peak_rss().unwrap_or(0);
+                reset_peak_rss();
+            }
+        },
+        &cancel,
+    )?;
     let total_s = t0.elapsed().as_secs_f64();
-    let gen_peak = peak_rss().unwrap_or(0);
+    let audio_peak = peak_rss().unwrap_or(0);
+    let gen_peak = loop_peak.max(audio_peak);
 
     let steps = &take.timings.steps;
     // The first step includes one-off setup (cache allocation, first touches).
@@ -482,7 +509,12 @@ fn bench(args: BenchArgs) -> Result<()> {
         "total        {total_s:.2} s, real-time factor {:.2} (compute s per audio s)",
         total_s / audio_s
     );
-    eprintln!("peak RSS     {:.0} MB during generation", mb(gen_peak));
+    eprintln!(
+        "peak RSS     {:.0} MB during generation (decoder loop {:.0} MB, audio decode {:.0} MB)",
+        mb(gen_peak),
+        mb(loop_peak),
+        mb(audio_peak)
+    );
 
     let mut quality = serde_json::Value::Null;
     if args.quality && args.precision != Precision::F32 {
@@ -547,6 +579,9 @@ fn bench(args: BenchArgs) -> Result<()> {
             "total_s": total_s,
             "rtf": total_s / audio_s,
             "peak_rss_mb": mb(gen_peak),
+            "loop_peak_rss_mb": mb(loop_peak),
+            "audio_peak_rss_mb": mb(audio_peak),
+            "rss_after_load_mb": mb(rss_loaded),
             "threads": threads,
             "frames": frames,
             "audio_s": audio_s,
@@ -554,6 +589,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             "step_bytes": step_bytes,
             "floor_ms": floor_ms,
             "quality": quality,
+            "ablate": args.ablate,
         });
         println!("{json}");
     }
