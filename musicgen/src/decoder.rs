@@ -389,7 +389,9 @@ impl Decoder {
         let heads = (0..k)
             .map(|i| vb.pp("lm_heads").pp(i).get((cfg.vocab_size, d), "weight"))
             .collect::<Result<Vec<_>>>()?;
-        let lm_heads = Proj::from_weight(Tensor::cat(&heads, 0)?, quant)?;
+        // The LM heads stay in float: they are 2% of the bytes and their error
+        // lands on the logits directly.
+        let lm_heads = Proj::from_weight(Tensor::cat(&heads, 0)?, None)?;
         Ok(Self {
             embed_tokens,
             positions: sinusoidal_table(cfg.max_position_embeddings, d, vb.device())?
