@@ -85,6 +85,8 @@ fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Tensor>
 #[derive(Debug, Clone)]
 struct Conv1d {
     weight: Tensor,
+    /// The weight per kernel tap, (kernel, out, in), contiguous.
+    taps: Tensor,
     bias: Tensor,
     stride: usize,
     dilation: usize,
@@ -103,8 +105,10 @@ impl Conv1d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let vb = vb.pp("conv");
+        let weight = weight_norm(&vb, (out_c, in_c, kernel_size))?;
         Ok(Self {
-            weight: weight_norm(&vb, (out_c, in_c, kernel_size))?,
+            taps: weight.permute((2, 0, 1))?.contiguous()?,
+            weight,
             bias: vb.get(out_c, "bias")?,
             stride: 1,
             dilation,
@@ -120,6 +124,28 @@ fn pad_mode(cfg: &EncodecConfig) -> PadMode {
         PadMode::Reflect
     } else {
         PadMode::Zero
+    }
+}
+
+impl Conv1d {
+    /// A stride-1 convolution of an already padded `(1, in, len)` input as one
+    /// matrix product per kernel tap over shifted views of the input: no im2col
+    /// copy seven times the size of the input.
+    fn conv_by_taps(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.squeeze(0)?.contiguous()?; // (in, len)
+        let (_, len) = x.dims2()?;
+        let span = (self.kernel_size - 1) * self.dilation;
+        let out_len = len - span;
+        let mut y: Option<Tensor> = None;
+        for j in 0..self.kernel_size {
+            let w = self.taps.get(j)?; // (out, in)
+            let part = w.matmul(&x.narrow(1, j * self.dilation, out_len)?)?;
+            y = Some(match y {
+                Some(y) => (y + part)?,
+                None => part,
+            });
+        }
+        y.expect("kernel_size >= 1").unsqueeze(0)
     }
 }
 
@@ -141,7 +167,11 @@ impl Module for Conv1d {
             let left = padding_total - right;
             pad1d(x, left, right + extra, self.pad_mode)?
         };
-        let y = x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?;
+        let y = if self.stride == 1 && x.dim(0)? == 1 {
+            self.conv_by_taps(&x)?
+        } else {
+            x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?
+        };
         y.broadcast_add(&self.bias.reshape((1, (), 1))?)
     }
 }
@@ -250,7 +280,8 @@ impl Module for ResnetBlock {
 /// `EncodecLSTM`: a multi-layer LSTM over time with a residual connection.
 #[derive(Debug, Clone)]
 struct Lstm {
-    /// Per layer: (W_ih^T, W_hh^T, b_ih + b_hh), gates in torch's order i, f, g, o.
+    /// Per layer: (W_ih^T, W_hh as stored (4h, h), b_ih + b_hh), gates in torch's
+    /// order i, f, g, o.
     layers: Vec<(Tensor, Tensor, Tensor)>,
     hidden: usize,
 }
@@ -264,11 +295,7 @@ impl Lstm {
                 let w_hh = vb.get((4 * dim, dim), &format!("weight_hh_l{l}"))?;
                 let b_ih = vb.get(4 * dim, &format!("bias_ih_l{l}"))?;
                 let b_hh = vb.get(4 * dim, &format!("bias_hh_l{l}"))?;
-                Ok((
-                    w_ih.t()?.contiguous()?,
-                    w_hh.t()?.contiguous()?,
-                    (b_ih + b_hh)?,
-                ))
+                Ok((w_ih.t()?.contiguous()?, w_hh, (b_ih + b_hh)?))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -292,7 +319,13 @@ impl Module for Lstm {
             let mut cell = Tensor::zeros((b, hd), x.dtype(), x.device())?;
             let mut outputs = Vec::with_capacity(t);
             for step in 0..t {
-                let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + h.matmul(w_hh)?)?;
+                // One row times W_hhᵀ per step: the streaming product (see gemv).
+                let hw = match crate::gemv::try_small_matmul(crate::gemv::Workers::Rayon, &h, w_hh)?
+                {
+                    Some(y) => y,
+                    None => h.matmul(&w_hh.t()?)?,
+                };
+                let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + hw)?;
                 let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hd)?)?;
                 let f = candle_nn::ops::sigmoid(&gates.narrow(1, hd, hd)?)?;
                 let g = gates.narrow(1, 2 * hd, hd)?.tanh()?;

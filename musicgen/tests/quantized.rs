@@ -146,11 +146,13 @@ fn reduced_precisions_generate_and_stay_close_to_f32() {
         .unwrap();
     let f32_bytes = reference.step_bytes(frames, true, 18);
 
-    // (precision, largest relative RMS error allowed, largest weight-bytes ratio to f32)
+    // (precision, largest relative RMS error allowed, largest weight-bytes ratio to
+    // f32; the LM heads stay in f32, a larger share of this small decoder's bytes
+    // than of musicgen-small's)
     let cases = [
-        (Precision::Q8_0, 0.03, 0.30),
-        (Precision::Q4_0, 0.20, 0.20),
-        (Precision::Q4K, 0.20, 0.20),
+        (Precision::Q8_0, 0.03, 0.36),
+        (Precision::Q4_0, 0.20, 0.25),
+        (Precision::Q4K, 0.20, 0.25),
         (Precision::F16, 0.01, 0.55),
         (Precision::Bf16, 0.05, 0.55),
     ];
