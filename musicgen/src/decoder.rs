@@ -115,6 +115,9 @@ struct SelfAttention {
     head_dim: usize,
     scaling: f64,
     kv_cache: KvCache,
+    /// The cache's element type: f16 in the quantized precisions, where at long
+    /// lengths the cache would otherwise outweigh the weights a step reads.
+    kv_dtype: DType,
     /// The cache as a growing pair of tensors, under `Ablation::kv_concat`.
     concat: Option<Option<(Tensor, Tensor)>>,
     workers: Workers,
@@ -135,6 +138,11 @@ impl SelfAttention {
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
             kv_cache: KvCache::new(2, 64),
+            kv_dtype: if quant.is_some() {
+                DType::F16
+            } else {
+                vb.dtype()
+            },
             concat: None,
             workers: if quant.is_some() {
                 Workers::Candle
@@ -163,6 +171,7 @@ impl SelfAttention {
         let q = (self.split_heads(&qkv.narrow(2, 0, d)?)? * self.scaling)?;
         let k = self.split_heads(&qkv.narrow(2, d, d)?)?;
         let v = self.split_heads(&qkv.narrow(2, 2 * d, d)?)?;
+        let (k, v) = (k.to_dtype(self.kv_dtype)?, v.to_dtype(self.kv_dtype)?);
         let (k, v) = match &mut self.concat {
             Some(cache) => {
                 let kv = match cache.take() {
@@ -188,6 +197,7 @@ impl SelfAttention {
                 }
             }
         }
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(mask) => scores.broadcast_add(mask)?,

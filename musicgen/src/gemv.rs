@@ -158,6 +158,120 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_op_in_unsafe_fn)]
+mod f16c {
+    use std::arch::x86_64::*;
+
+    /// `q · k` for an f16 row `k`, converted eight lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `q` and `k` have equal lengths.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(q: &[f32], k: &[half::f16]) -> f32 {
+        let n = k.len();
+        let (qp, kp) = (q.as_ptr(), k.as_ptr() as *const u16);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            let k0 = _mm256_cvtph_ps(_mm_loadu_si128(kp.add(i) as *const __m128i));
+            let k1 = _mm256_cvtph_ps(_mm_loadu_si128(kp.add(i + 8) as *const __m128i));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), k0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8)), k1, a1);
+            i += 16;
+        }
+        let v = _mm256_add_ps(a0, a1);
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        let mut sum = _mm_cvtss_f32(s);
+        while i < n {
+            sum += q[i] * k[i].to_f32();
+            i += 1;
+        }
+        sum
+    }
+
+    /// `out += w * v` for an f16 row `v`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `out` and `v` have equal lengths.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy(w: f32, v: &[half::f16], out: &mut [f32]) {
+        let n = v.len();
+        let (vp, op) = (v.as_ptr() as *const u16, out.as_mut_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(i) as *const __m128i));
+            _mm256_storeu_ps(
+                op.add(i),
+                _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(op.add(i))),
+            );
+            i += 8;
+        }
+        while i < n {
+            out[i] += w * v[i].to_f32();
+            i += 1;
+        }
+    }
+}
+
+fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// An element type the KV cache may hold: f32, or f16 to halve what a step reads.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// `q · row`, with `row` read as f32.
+    fn dot(q: &[f32], row: &[Self]) -> f32;
+    /// `out += w * row`, with `row` read as f32.
+    fn axpy(w: f32, row: &[Self], out: &mut [f32]);
+}
+
+impl KvElem for f32 {
+    fn dot(q: &[f32], row: &[f32]) -> f32 {
+        dot_auto(q, row)
+    }
+
+    fn axpy(w: f32, row: &[f32], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += w * x;
+        }
+    }
+}
+
+impl KvElem for half::f16 {
+    fn dot(q: &[f32], row: &[half::f16]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_f16c() {
+            // SAFETY: the CPU has the features; the slices have equal lengths.
+            return unsafe { f16c::dot(q, row) };
+        }
+        q.iter().zip(row).map(|(a, b)| a * b.to_f32()).sum()
+    }
+
+    fn axpy(w: f32, row: &[half::f16], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_f16c() {
+            // SAFETY: the CPU has the features; the slices have equal lengths.
+            return unsafe { f16c::axpy(w, row, out) };
+        }
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += w * x.to_f32();
+        }
+    }
+}
+
 /// `out[i * m + r]` = row `r` of `x` dotted with weight row `i` of `w`.
 fn task(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -278,11 +392,11 @@ fn dot_auto(a: &[f32], b: &[f32]) -> f32 {
 /// positions. `q` is `(pairs, dh)`, `k` and `v` are `(pairs, cap, dh)`. Reads
 /// the cache once, with no copies of it.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_one(
+pub fn attend_one<T: KvElem>(
     workers: Workers,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     pairs: usize,
     cap: usize,
     len: usize,
@@ -294,46 +408,30 @@ pub fn attend_one(
         for p in range {
             // SAFETY: pair p alone writes out[p * dh..(p + 1) * dh].
             let out = unsafe { shared.slice(p * dh, dh) };
-            attend_pair(&q[p * dh..(p + 1) * dh], k, v, p, cap, len, dh, out);
+            let at = p * cap * dh..(p * cap + len) * dh;
+            attend_pair(&q[p * dh..(p + 1) * dh], &k[at.clone()], &v[at], dh, out);
         }
     });
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attend_pair(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    p: usize,
-    cap: usize,
-    len: usize,
-    dh: usize,
-    out: &mut [f32],
-) {
-    {
-        let k = &k[p * cap * dh..(p * cap + len) * dh];
-        let v = &v[p * cap * dh..(p * cap + len) * dh];
-        let mut scores: Vec<f32> = k.chunks_exact(dh).map(|row| dot_auto(q, row)).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        for (w, row) in scores.iter().zip(v.chunks_exact(dh)) {
-            let w = w * inv;
-            for (o, x) in out.iter_mut().zip(row) {
-                *o += w * x;
-            }
-        }
+fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32]) {
+    let mut scores: Vec<f32> = k.chunks_exact(dh).map(|row| T::dot(q, row)).collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for (w, row) in scores.iter().zip(v.chunks_exact(dh)) {
+        T::axpy(w * inv, row, out);
     }
 }
 
-/// [`attend_one`] on tensors: `q` `(b, h, 1, dh)`; `k_all`, `v_all` the cache
-/// buffers `(b, h, cap, dh)` of which the first `len` positions are filled.
-/// `None` when not on the CPU in f32 or not contiguous.
+/// [`attend_one`] on tensors: `q` `(b, h, 1, dh)` in f32; `k_all`, `v_all` the
+/// cache buffers `(b, h, cap, dh)` in f32 or f16, of which the first `len`
+/// positions are filled. `None` when not on the CPU or not contiguous.
 pub fn try_attend_one(
     workers: Workers,
     q: &Tensor,
@@ -355,14 +453,22 @@ pub fn try_attend_one(
     let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
         return Ok(None);
     };
-    let (Some(qv), Some(kv), Some(vv)) = (
-        contiguous_f32(qs, ql),
-        contiguous_f32(ks, kl),
-        contiguous_f32(vs, vl),
-    ) else {
+    let Some(qv) = contiguous_f32(qs, ql) else {
         return Ok(None);
     };
-    let out = attend_one(workers, qv, kv, vv, b * h, cap, len, dh);
+    let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let out = match (ks, vs) {
+        (CpuStorage::F32(k), CpuStorage::F32(v)) => {
+            attend_one(workers, qv, &k[k0..k1], &v[v0..v1], b * h, cap, len, dh)
+        }
+        (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+            attend_one(workers, qv, &k[k0..k1], &v[v0..v1], b * h, cap, len, dh)
+        }
+        _ => return Ok(None),
+    };
     Ok(Some(Tensor::from_vec(out, (b, h, 1, dh), q.device())?))
 }
 
@@ -383,6 +489,13 @@ mod tests {
             .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
             .collect();
         let out = attend_one(Workers::Rayon, &q, &k, &v, pairs, cap, len, dh);
+        // An f16 cache gives the same to f16 precision.
+        let k16: Vec<half::f16> = k.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let v16: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let out16 = attend_one(Workers::Rayon, &q, &k16, &v16, pairs, cap, len, dh);
+        for (a, b) in out.iter().zip(&out16) {
+            assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+        }
         assert_eq!(
             out,
             attend_one(Workers::Candle, &q, &k, &v, pairs, cap, len, dh)

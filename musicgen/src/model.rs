@@ -544,11 +544,16 @@ impl MusicGen {
     pub fn step_bytes(&self, frames: usize, guided: bool, text_tokens: usize) -> usize {
         let d = self.config.decoder.hidden_size;
         let layers = self.decoder.num_layers();
+        // The quantized precisions keep the self-attention cache in f16.
         let float = self.precision.float_dtype().size_in_bytes();
+        let kv_size = match self.precision.quantization() {
+            Some(_) => 2,
+            None => float,
+        };
         let batch = if guided { 2 } else { 1 };
         let steps = frames + self.num_codebooks() - 1;
         let mean_len = steps.div_ceil(2);
-        let self_kv = layers * 2 * batch * d * mean_len * float;
+        let self_kv = layers * 2 * batch * d * mean_len * kv_size;
         let cross_kv = layers * 2 * d * text_tokens * float;
         self.decoder.step_weight_bytes() + self_kv + cross_kv
     }
