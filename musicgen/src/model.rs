@@ -538,6 +538,11 @@ impl MusicGen {
         Ok((codes, logits))
     }
 
+    /// Bytes of decoder weights one step reads, in their precision.
+    pub fn step_weight_bytes(&self) -> usize {
+        self.decoder.step_weight_bytes()
+    }
+
     /// Bytes one decoder step reads on average over a generation of `frames`: the
     /// decoder's weights (in their precision) plus the self-attention KV cache at
     /// its mean length and the prompt's cross-attention keys and values.
