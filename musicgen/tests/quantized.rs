@@ -203,9 +203,9 @@ fn the_small_fixture_quantizes_what_fits_the_blocks() {
     let q8 = load(&model_dir("tiny-a"), Precision::Q8_0);
     let q4k = load(&model_dir("tiny-a"), Precision::Q4K);
     let (a, b, c) = (
-        f32_model.step_bytes(10, true, 5),
-        q8.step_bytes(10, true, 5),
-        q4k.step_bytes(10, true, 5),
+        f32_model.step_weight_bytes(),
+        q8.step_weight_bytes(),
+        q4k.step_weight_bytes(),
     );
     assert!(b < a / 2, "q8_0 {b} vs f32 {a}");
     assert_eq!(c, a, "q4k cannot quantize 64-wide rows");
