@@ -413,17 +413,17 @@ impl MusicGen {
             // Column `step + 1`: codebook c holds frame `step - c` when in range,
             // else the delay pattern's padding.
             let j = step + 1;
-            let rows: Option<Vec<Vec<f32>>> = match codes_from {
-                CodeSource::Sample(_) => Some(logits.to_vec2()?),
-                CodeSource::Forced(_) => None,
+            // Only the sampler needs the logits on the host.
+            let rows: Vec<Vec<f32>> = match codes_from {
+                CodeSource::Sample(_) => logits.to_vec2()?,
+                CodeSource::Forced(_) => Vec::new(),
             };
             for c in 0..k {
                 if j > c && j <= c + frames {
                     let f = j - c - 1;
-                    let code = match (&mut codes_from, &rows) {
-                        (CodeSource::Forced(forced), _) => forced[c][f],
-                        (CodeSource::Sample(p), Some(rows)) => p.sample(&rows[c]),
-                        (CodeSource::Sample(_), None) => unreachable!("rows exist when sampling"),
+                    let code = match &mut codes_from {
+                        CodeSource::Forced(forced) => forced[c][f],
+                        CodeSource::Sample(p) => p.sample(&rows[c]),
                     };
                     codes[c][f] = code;
                     column[c] = code;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::model_dir;
@@ -13,28 +14,28 @@ fn musicgen() -> Command {
     c
 }
 
+/// `musicgen generate` on tiny-a for half a second, writing `wav` and `codes`.
+fn generate_half_second(wav: &Path, codes: &Path, extra: &[&str]) -> std::process::Output {
+    musicgen()
+        .args(["generate", "--prompt", "dusty boom-bap drums, 90 bpm"])
+        .args(["--duration", "0.5", "--seed", "7"])
+        .arg("--model")
+        .arg(model_dir("tiny-a"))
+        .arg("--out")
+        .arg(wav)
+        .arg("--codes")
+        .arg(codes)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn generates_a_wav_of_exactly_frames_times_640_samples_and_the_codes() {
     let out = tempfile::tempdir().unwrap();
     let wav = out.path().join("loop.wav");
     let codes = out.path().join("codes.json");
-    let status = musicgen()
-        .args([
-            "generate",
-            "--prompt",
-            "dusty boom-bap drums, 90 bpm",
-            "--duration",
-            "0.5",
-        ])
-        .arg("--model")
-        .arg(model_dir("tiny-a"))
-        .arg("--out")
-        .arg(&wav)
-        .arg("--codes")
-        .arg(&codes)
-        .args(["--seed", "7"])
-        .output()
-        .unwrap();
+    let status = generate_half_second(&wav, &codes, &[]);
     assert!(
         status.status.success(),
         "{}",
@@ -57,23 +58,7 @@ fn generates_a_wav_of_exactly_frames_times_640_samples_and_the_codes() {
     // Same seed, same codes; the resampled WAV has the host's length.
     let wav2 = out.path().join("loop48.wav");
     let codes2 = out.path().join("codes2.json");
-    let status = musicgen()
-        .args([
-            "generate",
-            "--prompt",
-            "dusty boom-bap drums, 90 bpm",
-            "--duration",
-            "0.5",
-        ])
-        .arg("--model")
-        .arg(model_dir("tiny-a"))
-        .arg("--out")
-        .arg(&wav2)
-        .arg("--codes")
-        .arg(&codes2)
-        .args(["--seed", "7", "--sample-rate", "48000"])
-        .output()
-        .unwrap();
+    let status = generate_half_second(&wav2, &codes2, &["--sample-rate", "48000"]);
     assert!(status.status.success());
     assert_eq!(
         std::fs::read(&codes).unwrap(),
