@@ -95,6 +95,28 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Resamples a loop as a loop: the input is padded circularly (its end before its
+/// start, its start after its end) so the filter sees the seam as the loop plays
+/// it, and the output is the `round(len * to / from)` samples of one period.
+pub fn resample_loop(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
+    if from == to || input.is_empty() {
+        return resample(input, from, to);
+    }
+    let (f, t) = (from as usize, to as usize);
+    // Whole periods of the rate ratio, so the padding maps to whole output samples.
+    let unit = f / gcd(f, t);
+    let pad = unit * 4096usize.div_ceil(unit);
+    let mut padded = Vec::with_capacity(input.len() + 2 * pad);
+    let n = input.len();
+    padded.extend((0..pad).map(|i| input[(n - pad % n + i) % n]));
+    padded.extend_from_slice(input);
+    padded.extend((0..pad).map(|i| input[i % n]));
+    let out = resample(&padded, from, to)?;
+    let skip = pad * t / f;
+    let len = (n as f64 * t as f64 / f as f64).round() as usize;
+    Ok(out[skip..skip + len].to_vec())
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -128,6 +150,33 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(err < 1e-4, "{to} Hz: max error {err}");
+        }
+    }
+
+    #[test]
+    fn a_loop_resamples_without_a_seam() {
+        // A whole number of periods: the loop is seamless at 32 kHz, and must stay
+        // seamless, with no edge ringing, at the host rate.
+        let input = sine(500.0, 32_000, 32_000);
+        for to in [44_100u32, 48_000] {
+            let out = resample_loop(&input, 32_000, to).unwrap();
+            assert_eq!(out.len(), to as usize);
+            let want = sine(500.0, to, to as usize);
+            let err = out
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "{to} Hz: max error {err} (edges included)");
+            // The plain resampler rings at the edges, where it sees silence.
+            let plain = resample(&input, 32_000, to).unwrap();
+            let edge = (plain[0] - want[0])
+                .abs()
+                .max((plain[plain.len() - 1] - want[want.len() - 1]).abs());
+            assert!(
+                edge > err,
+                "the loop-aware path should beat the plain one at the seam"
+            );
         }
     }
 
