@@ -25,24 +25,82 @@ pub(crate) enum Proj {
     Quantized(QMatMul),
 }
 
+/// Quantizes the decoder's matrices at load, reusing those a previous load left in
+/// an on-disk cache and collecting the new ones for it.
+#[derive(Debug)]
+pub struct Quantizer {
+    pub dtype: GgmlDType,
+    cached: std::collections::HashMap<String, std::sync::Arc<QTensor>>,
+    fresh: std::sync::Mutex<Vec<(String, std::sync::Arc<QTensor>)>>,
+}
+
+impl Quantizer {
+    pub fn new(
+        dtype: GgmlDType,
+        cached: std::collections::HashMap<String, std::sync::Arc<QTensor>>,
+    ) -> Self {
+        Self {
+            dtype,
+            cached,
+            fresh: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The matrices quantized during this load (none when all came from the cache).
+    pub fn take_fresh(&self) -> Vec<(String, std::sync::Arc<QTensor>)> {
+        std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// `name`'s quantized matrix from the cache, else `weight()` quantized (when
+    /// its inner size fits the blocks), else `None`: keep it in float.
+    fn get(
+        &self,
+        name: &str,
+        weight: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<std::result::Result<QMatMul, Tensor>> {
+        if let Some(q) = self.cached.get(name) {
+            return Ok(Ok(QMatMul::from_arc(q.clone())?));
+        }
+        let weight = weight()?;
+        if weight.dim(1)? % self.dtype.block_size() != 0 {
+            return Ok(Err(weight));
+        }
+        let q = std::sync::Arc::new(QTensor::quantize(
+            &weight.to_dtype(DType::F32)?,
+            self.dtype,
+        )?);
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), q.clone()));
+        Ok(Ok(QMatMul::from_arc(q)?))
+    }
+}
+
 impl Proj {
-    pub(crate) fn from_weight(weight: Tensor, quant: Option<GgmlDType>) -> Result<Self> {
+    /// `name` keys the on-disk cache of quantized matrices.
+    pub(crate) fn from_weight(
+        name: &str,
+        weight: impl FnOnce() -> Result<Tensor>,
+        quant: Option<&Quantizer>,
+    ) -> Result<Self> {
         match quant {
-            Some(q) if weight.dim(1)? % q.block_size() == 0 => {
-                let qt = QTensor::quantize(&weight.to_dtype(DType::F32)?, q)?;
-                Ok(Proj::Quantized(QMatMul::from_qtensor(qt)?))
-            }
-            _ => Ok(Proj::Dense(Linear::new(weight, None))),
+            Some(q) => match q.get(name, weight)? {
+                Ok(m) => Ok(Proj::Quantized(m)),
+                Err(w) => Ok(Proj::Dense(Linear::new(w, None))),
+            },
+            None => Ok(Proj::Dense(Linear::new(weight()?, None))),
         }
     }
 
     fn load(
         in_dim: usize,
         out_dim: usize,
-        quant: Option<GgmlDType>,
+        quant: Option<&Quantizer>,
         vb: VarBuilder,
     ) -> Result<Self> {
-        Self::from_weight(vb.get((out_dim, in_dim), "weight")?, quant)
+        let name = format!("{}.weight", vb.prefix());
+        Self::from_weight(&name, || vb.get((out_dim, in_dim), "weight"), quant)
     }
 
     /// Bytes of weights one application reads.
@@ -124,15 +182,18 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, quant: Option<&Quantizer>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
-        let qkv = ["q_proj", "k_proj", "v_proj"]
-            .iter()
-            .map(|name| vb.pp(name).get((d, d), "weight"))
-            .collect::<Result<Vec<_>>>()?;
+        let qkv = || {
+            let parts = ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .map(|name| vb.pp(name).get((d, d), "weight"))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
         Ok(Self {
-            qkv_proj: Proj::from_weight(Tensor::cat(&qkv, 0)?, quant)?,
+            qkv_proj: Proj::from_weight(&format!("{}.qkv_proj.weight", vb.prefix()), qkv, quant)?,
             out_proj: Proj::load(d, d, quant, vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim,
@@ -237,7 +298,7 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, quant: Option<&Quantizer>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let head_dim = d / cfg.num_attention_heads;
         Ok(Self {
@@ -335,7 +396,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DecoderConfig, quant: Option<&Quantizer>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
             self_attn: SelfAttention::new(cfg, quant, vb.pp("self_attn"))?,
@@ -384,7 +445,7 @@ impl Decoder {
     /// `vb` points at the composite checkpoint's `decoder` prefix; its dtype is the
     /// float type of activations and unquantized weights. `quant` quantizes the
     /// projections and LM heads.
-    pub fn new(cfg: &DecoderConfig, quant: Option<GgmlDType>, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &DecoderConfig, quant: Option<&Quantizer>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let k = cfg.num_codebooks;
         let vb_m = vb.pp("model").pp("decoder");
@@ -401,7 +462,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         // The LM heads stay in float: they are 2% of the bytes and their error
         // lands on the logits directly.
-        let lm_heads = Proj::from_weight(Tensor::cat(&heads, 0)?, None)?;
+        let lm_heads = Proj::from_weight("decoder.lm_heads", || Tensor::cat(&heads, 0), None)?;
         Ok(Self {
             embed_tokens,
             positions: sinusoidal_table(cfg.max_position_embeddings, d, vb.device())?

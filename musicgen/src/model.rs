@@ -134,6 +134,69 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Where quantized matrices are kept between loads: `$PROMPTLOOP_CACHE_DIR`, else
+/// the user's cache folder (`~/.cache/promptloop/quantized` on Linux).
+pub fn default_quant_cache() -> Option<std::path::PathBuf> {
+    match std::env::var_os("PROMPTLOOP_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => Some(std::path::PathBuf::from(dir).join("quantized")),
+        _ => dirs::cache_dir().map(|d| d.join("promptloop").join("quantized")),
+    }
+}
+
+/// The cache file name for a checkpoint's quantized matrices: changes whenever
+/// the weight files, the precision or the engine do.
+fn quant_cache_name(files: &ModelFiles, precision: Precision) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    crate::ENGINE_VERSION.hash(&mut h);
+    precision.name().hash(&mut h);
+    for w in &files.weights {
+        std::fs::canonicalize(w)
+            .unwrap_or_else(|_| w.clone())
+            .hash(&mut h);
+        if let Ok(meta) = std::fs::metadata(w) {
+            meta.len().hash(&mut h);
+            meta.modified().ok().hash(&mut h);
+        }
+    }
+    format!("decoder-{}-{:016x}.gguf", precision.name(), h.finish())
+}
+
+type QuantTensors = std::collections::HashMap<String, Arc<candle_core::quantized::QTensor>>;
+
+fn read_quant_cache(file: &Path, device: &Device) -> Option<QuantTensors> {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(file).ok()?;
+    let content = gguf_file::Content::read(&mut f).ok()?;
+    let mut out = QuantTensors::new();
+    for name in content.tensor_infos.keys() {
+        let t = content.tensor(&mut f, name, device).ok()?;
+        out.insert(name.clone(), Arc::new(t));
+    }
+    Some(out)
+}
+
+fn write_quant_cache(
+    file: &Path,
+    tensors: &[(String, Arc<candle_core::quantized::QTensor>)],
+) -> Result<()> {
+    use candle_core::quantized::gguf_file;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Written beside, then renamed: a reader never sees half a file.
+    let tmp = file.with_extension("gguf.partial");
+    let mut f = std::fs::File::create(&tmp)?;
+    let refs: Vec<(&str, &candle_core::quantized::QTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_ref()))
+        .collect();
+    gguf_file::write(&mut f, &[], &refs)?;
+    drop(f);
+    std::fs::rename(&tmp, file)?;
+    Ok(())
+}
+
 fn check_cancel(cancel: &AtomicBool) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
         Err(Error::Cancelled)
@@ -173,7 +236,13 @@ impl MusicGen {
         check_cancel(cancel)?;
         progress(Progress::Loading);
         let device = select_device(device)?;
-        Self::load(&files, &device, precision, pool)
+        Self::load_with_cache(
+            &files,
+            &device,
+            precision,
+            pool,
+            default_quant_cache().as_deref(),
+        )
     }
 
     /// Loads a checkpoint from its files on local disk.
@@ -182,6 +251,20 @@ impl MusicGen {
         device: &Device,
         precision: Precision,
         pool: Arc<rayon::ThreadPool>,
+    ) -> Result<Self> {
+        Self::load_with_cache(files, device, precision, pool, None)
+    }
+
+    /// [`MusicGen::load`], keeping quantized decoder matrices in `quant_cache` (a
+    /// folder): the first load of a checkpoint in a quantized precision writes
+    /// them there, later loads read them instead of quantizing again. A cache file
+    /// that cannot be read is ignored and rewritten.
+    pub fn load_with_cache(
+        files: &ModelFiles,
+        device: &Device,
+        precision: Precision,
+        pool: Arc<rayon::ThreadPool>,
+        quant_cache: Option<&Path>,
     ) -> Result<Self> {
         let config: Config = read_json(&files.config)?;
         let dir = files
@@ -221,6 +304,17 @@ impl MusicGen {
         // loader we rely on them not being modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, DType::F32, device) }
             .map_err(weights_err)?;
+        let cache_file = match (precision.quantization(), quant_cache) {
+            (Some(_), Some(dir)) => Some(dir.join(quant_cache_name(files, precision))),
+            _ => None,
+        };
+        let quantizer = precision.quantization().map(|dtype| {
+            let cached = cache_file
+                .as_deref()
+                .and_then(|f| read_quant_cache(f, device))
+                .unwrap_or_default();
+            crate::decoder::Quantizer::new(dtype, cached)
+        });
         let (text_encoder, enc_to_dec_proj, decoder, audio) = pool
             .install(|| -> candle_core::Result<_> {
                 let text_encoder =
@@ -233,7 +327,7 @@ impl MusicGen {
                 };
                 let decoder = Decoder::new(
                     &config.decoder,
-                    precision.quantization(),
+                    quantizer.as_ref(),
                     vb.pp("decoder").set_dtype(precision.float_dtype()),
                 )?;
                 let audio = EncodecDecoder::new(
@@ -244,6 +338,13 @@ impl MusicGen {
                 Ok((text_encoder, enc_to_dec_proj, decoder, audio))
             })
             .map_err(weights_err)?;
+        if let (Some(q), Some(file)) = (&quantizer, &cache_file) {
+            let fresh = q.take_fresh();
+            if !fresh.is_empty() {
+                // A cache: failing to write it only costs the next load time.
+                let _ = write_quant_cache(file, &fresh);
+            }
+        }
         let defaults = GenerationDefaults::from_config(&gen, config.decoder.num_codebooks);
         let pad_token = config.pad_token_id(&gen);
         Ok(Self {

@@ -210,3 +210,48 @@ fn the_small_fixture_quantizes_what_fits_the_blocks() {
     assert!(b < a / 2, "q8_0 {b} vs f32 {a}");
     assert_eq!(c, a, "q4k cannot quantize 64-wide rows");
 }
+
+#[test]
+fn quantized_matrices_are_cached_on_disk_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    build_wide_checkpoint(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let files = hub::local_files(dir.path()).unwrap();
+    let load_cached = || {
+        MusicGen::load_with_cache(
+            &files,
+            &Device::Cpu,
+            Precision::Q4K,
+            pool(),
+            Some(cache.path()),
+        )
+        .unwrap()
+    };
+    let cancel = AtomicBool::new(false);
+    let codes = vec![vec![1u32; 12]; K];
+    let run = |m: &mut MusicGen| {
+        m.codes_and_logits("drums", 12, 3.0, CodeSource::Forced(&codes), &cancel)
+            .unwrap()
+            .1
+    };
+    let first = run(&mut load_cached());
+    let written: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "one cache file: {written:?}");
+    assert!(written[0].to_string_lossy().ends_with(".gguf"));
+    let stamp = std::fs::metadata(&written[0]).unwrap().modified().unwrap();
+    // The second load reads the cache (the file is not rewritten) and computes the same.
+    let second = run(&mut load_cached());
+    assert_eq!(first, second);
+    assert_eq!(
+        std::fs::metadata(&written[0]).unwrap().modified().unwrap(),
+        stamp
+    );
+    // A damaged cache is ignored and rewritten.
+    std::fs::write(&written[0], b"not gguf").unwrap();
+    let third = run(&mut load_cached());
+    assert_eq!(first, third);
+    assert!(std::fs::metadata(&written[0]).unwrap().len() > 1000);
+}
