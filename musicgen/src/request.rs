@@ -89,15 +89,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub const ALL: [Precision; 6] = [
-        Precision::F32,
-        Precision::F16,
-        Precision::Bf16,
-        Precision::Q8_0,
-        Precision::Q4_0,
-        Precision::Q4K,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
