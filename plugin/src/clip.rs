@@ -1,0 +1,133 @@
+//! What the audio thread plays: a take's PCM at the host rate, and the loop
+//! maths that turn a generation into a take that loops without a click.
+
+use std::sync::Arc;
+
+/// A take at the host's sample rate, ready for the audio thread. Immutable once
+/// built; shared by `Arc` and always dropped off the audio thread.
+#[derive(Debug)]
+pub struct Clip {
+    /// The take this clip plays (the numeric form of its id).
+    pub take: u64,
+    /// Mono PCM at `sample_rate`.
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+    /// Length in beats at the tempo it was made for (bar-length takes only):
+    /// the loop locks to the host's bars while the host runs at that tempo.
+    pub beats: Option<f64>,
+    /// The tempo the take was made for, if the host gave one.
+    pub tempo: Option<f64>,
+}
+
+impl Clip {
+    pub fn new(
+        take: u64,
+        samples: Vec<f32>,
+        sample_rate: u32,
+        beats: Option<f64>,
+        tempo: Option<f64>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            take,
+            samples,
+            sample_rate,
+            beats,
+            tempo,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// Crossfade at a loop point, in seconds: long enough to hide the seam, short
+/// enough not to smear a downbeat.
+pub const LOOP_CROSSFADE_S: f64 = 0.010;
+
+/// Makes `len` samples that loop seamlessly from `audio`, which should hold at
+/// least `len + fade` samples: the `fade` samples after the cut are crossfaded
+/// (equal power) into the start, so the sample after the last is, in effect, the
+/// one that followed it in the generation. With fewer than `len + fade` samples
+/// the fade shortens; with none to spare the seam gets a short fade out and in.
+pub fn make_loop(audio: &[f32], len: usize, fade: usize) -> Vec<f32> {
+    let len = len.min(audio.len());
+    let mut out = audio[..len].to_vec();
+    let spare = audio.len() - len;
+    let fade = fade.min(spare).min(len);
+    for i in 0..fade {
+        let t = (i as f64 + 0.5) / fade as f64;
+        let (fade_in, fade_out) = equal_power(t);
+        out[i] = (audio[i] as f64 * fade_in + audio[len + i] as f64 * fade_out) as f32;
+    }
+    if fade == 0 && len > 0 {
+        // Nothing after the cut to blend in: fade the seam itself (2 ms each side).
+        let edge = (len / 4).min(64);
+        for i in 0..edge {
+            let g = (i as f32 + 0.5) / edge as f32;
+            out[i] *= g;
+            out[len - 1 - i] *= g;
+        }
+    }
+    out
+}
+
+fn equal_power(t: f64) -> (f64, f64) {
+    let a = t * std::f64::consts::FRAC_PI_2;
+    (a.sin(), a.cos())
+}
+
+/// Seconds in `bars` bars at `tempo` beats per minute in `numerator/denominator`
+/// time (a beat is a quarter note, as hosts count tempo).
+pub fn bars_to_seconds(bars: f64, tempo: f64, numerator: u32, denominator: u32) -> f64 {
+    bars * beats_per_bar(numerator, denominator) * 60.0 / tempo
+}
+
+/// Quarter-note beats in one bar.
+pub fn beats_per_bar(numerator: u32, denominator: u32) -> f64 {
+    numerator as f64 * 4.0 / denominator.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_bars_at_90_bpm_is_10_667_s() {
+        let s = bars_to_seconds(4.0, 90.0, 4, 4);
+        assert!((s - 10.666_666).abs() < 1e-5, "{s}");
+        assert!((bars_to_seconds(2.0, 120.0, 6, 8) - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn loop_seam_is_continuous() {
+        // A sine whose period does not divide the cut: a plain cut would jump.
+        let n = 1000;
+        let audio: Vec<f32> = (0..n + 100).map(|i| (i as f32 * 0.0731).sin()).collect();
+        let plain_jump = (audio[0] - audio[n - 1]).abs();
+        let looped = make_loop(&audio, n, 100);
+        assert_eq!(looped.len(), n);
+        let seam_jump = (looped[0] - looped[n - 1]).abs();
+        // At the seam the loop continues as the generation did.
+        let natural_step = (audio[n] - audio[n - 1]).abs();
+        assert!(plain_jump > 0.5, "{plain_jump}");
+        assert!(
+            seam_jump <= natural_step + 0.02,
+            "{seam_jump} vs {natural_step}"
+        );
+        // Away from the fade the audio is untouched.
+        assert_eq!(&looped[100..], &audio[100..n]);
+    }
+
+    #[test]
+    fn loop_without_spare_audio_fades_the_seam() {
+        let audio = vec![1.0f32; 500];
+        let looped = make_loop(&audio, 500, 100);
+        assert!(looped[0].abs() < 0.02 && looped[499].abs() < 0.02);
+        assert_eq!(looped[250], 1.0);
+    }
+}

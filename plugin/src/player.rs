@@ -1,0 +1,526 @@
+//! The audio thread's player: preview, transport-synced loop and MIDI-triggered
+//! playback of clips, with short fades so nothing clicks.
+//!
+//! Everything here runs inside `process()`: no allocation, no free, no lock.
+//! Clips arrive as `Arc`s on a wait-free queue and every `Arc` the player lets go
+//! of goes back on a return queue, so the last reference is never dropped here.
+
+use std::sync::Arc;
+
+use nice_plug::prelude::Enum;
+
+use crate::clip::Clip;
+
+/// How the selected take plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum PlayMode {
+    /// A note-on plays the selected take from its start; note-off fades it out.
+    #[id = "midi"]
+    #[name = "MIDI"]
+    Midi,
+    /// The selected take loops, aligned to the host's song position while the
+    /// host plays, and from its start while it is stopped.
+    #[id = "loop"]
+    #[name = "Loop"]
+    Loop,
+}
+
+/// Messages from the plugin's other threads to the audio thread.
+pub enum AudioCommand {
+    /// The take that Loop and MIDI play (`None`: nothing selected).
+    Select(Option<Arc<Clip>>),
+    /// Play a clip once from its start, on top of the rest.
+    Preview(Arc<Clip>),
+    StopPreview,
+}
+
+/// The host transport as the player needs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TransportView {
+    pub playing: bool,
+    pub tempo: Option<f64>,
+    pub pos_beats: Option<f64>,
+    pub pos_seconds: Option<f64>,
+}
+
+/// Fade at every start and stop, in seconds.
+const FADE_S: f32 = 0.005;
+/// Fade after a MIDI note-off.
+const RELEASE_S: f32 = 0.030;
+/// A loop that is this many samples off the host's position is moved silently;
+/// further off (a seek, a host loop) it is crossfaded to the new position.
+const SNAP_SAMPLES: usize = 2;
+/// Clips waiting for room on the return queue.
+const PENDING: usize = 16;
+
+#[derive(Default)]
+struct Voice {
+    clip: Option<Arc<Clip>>,
+    pos: usize,
+    gain: f32,
+    target: f32,
+    step: f32,
+    looping: bool,
+}
+
+impl Voice {
+    fn active(&self) -> bool {
+        self.clip.is_some()
+    }
+
+    fn plays(&self, clip: &Arc<Clip>) -> bool {
+        self.clip.as_ref().is_some_and(|c| Arc::ptr_eq(c, clip))
+    }
+
+    /// Adds `out.len()` samples into `out`. Returns the clip once the voice has
+    /// finished (faded out or reached the end of a one-shot).
+    fn render(&mut self, out: &mut [f32], end_fade: usize) -> Option<Arc<Clip>> {
+        let clip = self.clip.as_ref()?;
+        let samples = &clip.samples[..];
+        let len = samples.len();
+        let mut finished = len == 0;
+        for o in out.iter_mut() {
+            if finished {
+                break;
+            }
+            if self.pos >= len {
+                if self.looping {
+                    self.pos = 0;
+                } else {
+                    finished = true;
+                    break;
+                }
+            }
+            if self.gain != self.target {
+                if self.gain < self.target {
+                    self.gain = (self.gain + self.step).min(self.target);
+                } else {
+                    self.gain = (self.gain - self.step).max(self.target);
+                }
+            }
+            let mut g = self.gain;
+            if !self.looping {
+                // A one-shot fades over its last samples instead of stopping dead.
+                let left = len - self.pos;
+                if left < end_fade {
+                    g *= left as f32 / end_fade as f32;
+                }
+            }
+            *o += samples[self.pos] * g;
+            self.pos += 1;
+            if self.target == 0.0 && self.gain == 0.0 {
+                finished = true;
+            }
+        }
+        if finished {
+            self.gain = 0.0;
+            self.clip.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// Plays clips on the audio thread. Built off the audio thread with its queues;
+/// `process` then only pops, renders and pushes.
+pub struct ClipPlayer {
+    commands: rtrb::Consumer<AudioCommand>,
+    returns: rtrb::Producer<Arc<Clip>>,
+    pending: [Option<Arc<Clip>>; PENDING],
+    selected: Option<Arc<Clip>>,
+    main: Voice,
+    tail: Voice,
+    preview: Voice,
+    preview_tail: Voice,
+    sample_rate: f32,
+    fade_step: f32,
+    release_step: f32,
+    fade_len: usize,
+    was_playing: bool,
+    midi_note: Option<u8>,
+}
+
+impl ClipPlayer {
+    pub fn new(commands: rtrb::Consumer<AudioCommand>, returns: rtrb::Producer<Arc<Clip>>) -> Self {
+        let mut player = Self {
+            commands,
+            returns,
+            pending: Default::default(),
+            selected: None,
+            main: Voice::default(),
+            tail: Voice::default(),
+            preview: Voice::default(),
+            preview_tail: Voice::default(),
+            sample_rate: 48_000.0,
+            fade_step: 0.0,
+            release_step: 0.0,
+            fade_len: 1,
+            was_playing: false,
+            midi_note: None,
+        };
+        player.set_sample_rate(48_000.0);
+        player
+    }
+
+    /// Called from `initialize` (never from `process`).
+    pub fn set_sample_rate(&mut self, sample_rate: f32) {
+        self.sample_rate = sample_rate.max(1.0);
+        self.fade_len = ((FADE_S * self.sample_rate) as usize).max(1);
+        self.fade_step = 1.0 / self.fade_len as f32;
+        self.release_step = 1.0 / (RELEASE_S * self.sample_rate).max(1.0);
+    }
+
+    /// Silences every voice at once (host `reset`). Real-time safe.
+    pub fn reset(&mut self) {
+        for v in [
+            &mut self.main,
+            &mut self.tail,
+            &mut self.preview,
+            &mut self.preview_tail,
+        ] {
+            if let Some(c) = v.clip.take() {
+                Self::release_into(&mut self.returns, &mut self.pending, c);
+            }
+            v.gain = 0.0;
+        }
+        self.midi_note = None;
+        self.was_playing = false;
+    }
+
+    /// The take the player is sounding in Loop/MIDI (for the editor's cursor).
+    pub fn position(&self) -> Option<(u64, usize)> {
+        self.main.clip.as_ref().map(|c| (c.take, self.main.pos))
+    }
+
+    /// Applies queued commands and retries returns. Call once per block first.
+    pub fn begin_block(&mut self, mode: PlayMode, transport: &TransportView) {
+        self.flush_pending();
+        while let Ok(cmd) = self.commands.pop() {
+            match cmd {
+                AudioCommand::Select(clip) => {
+                    if let Some(old) = std::mem::replace(&mut self.selected, clip) {
+                        self.release(old);
+                    }
+                    if mode == PlayMode::Midi && self.main.active() {
+                        // The note that was playing belongs to the old take.
+                        self.main.target = 0.0;
+                        self.main.step = self.fade_step;
+                    }
+                }
+                AudioCommand::Preview(clip) => {
+                    self.move_to_tail(true);
+                    self.start(true, clip, 0, false);
+                }
+                AudioCommand::StopPreview => {
+                    self.preview.target = 0.0;
+                    self.preview.step = self.fade_step;
+                }
+            }
+        }
+        match mode {
+            PlayMode::Loop => self.sync_loop(transport),
+            PlayMode::Midi => {
+                if self.main.looping {
+                    self.main.target = 0.0;
+                    self.main.step = self.fade_step;
+                }
+            }
+        }
+        self.was_playing = transport.playing;
+    }
+
+    pub fn note_on(&mut self, mode: PlayMode, note: u8) {
+        if mode != PlayMode::Midi {
+            return;
+        }
+        if let Some(clip) = self.selected.clone() {
+            self.move_to_tail(false);
+            self.start(false, clip, 0, false);
+            self.midi_note = Some(note);
+        }
+    }
+
+    /// Fades out the playing note (`None`: whatever note plays).
+    pub fn note_off(&mut self, note: Option<u8>) {
+        if self.midi_note.is_some()
+            && note.is_none_or(|n| self.midi_note == Some(n))
+            && !self.main.looping
+        {
+            self.main.target = 0.0;
+            self.main.step = self.release_step;
+            self.midi_note = None;
+        }
+    }
+
+    /// Renders `out.len()` samples (mono) into `out`, overwriting it.
+    pub fn render(&mut self, out: &mut [f32]) {
+        out.fill(0.0);
+        let end_fade = self.fade_len;
+        for i in 0..4 {
+            let voice = match i {
+                0 => &mut self.main,
+                1 => &mut self.tail,
+                2 => &mut self.preview,
+                _ => &mut self.preview_tail,
+            };
+            if let Some(done) = voice.render(out, end_fade) {
+                Self::release_into(&mut self.returns, &mut self.pending, done);
+            }
+        }
+    }
+
+    fn sync_loop(&mut self, t: &TransportView) {
+        let (len, target, continuing) = match self.selected.as_ref() {
+            None => {
+                if self.main.active() {
+                    self.main.target = 0.0;
+                    self.main.step = self.fade_step;
+                }
+                return;
+            }
+            Some(c) if c.is_empty() => return,
+            Some(c) => {
+                let target = if t.playing {
+                    self.loop_position(c, t)
+                } else if self.was_playing || !self.main.plays(c) {
+                    Some(0)
+                } else {
+                    None // stopped: the loop runs on freely from where it is
+                };
+                let continuing = self.main.plays(c) && self.main.looping && self.main.target != 0.0;
+                (c.len(), target, continuing)
+            }
+        };
+        let jump_to = match (continuing, target) {
+            (false, t) => Some(t.unwrap_or(0)),
+            (true, None) => None,
+            (true, Some(idx)) => {
+                let off = (self.main.pos % len).abs_diff(idx);
+                if off.min(len - off) <= SNAP_SAMPLES {
+                    self.main.pos = idx;
+                    None
+                } else {
+                    Some(idx)
+                }
+            }
+        };
+        if let (Some(idx), Some(clip)) = (jump_to, self.selected.clone()) {
+            self.move_to_tail(false);
+            self.start(false, clip, idx, true);
+        }
+    }
+
+    /// Where in the loop the host's song position falls: by beats when the host
+    /// runs at the take's tempo (locked to the bars), else by seconds (the take
+    /// plays at its own length).
+    fn loop_position(&self, clip: &Clip, t: &TransportView) -> Option<usize> {
+        let len = clip.len();
+        if let (Some(beats), Some(take_tempo), Some(tempo), Some(pos)) =
+            (clip.beats, clip.tempo, t.tempo, t.pos_beats)
+        {
+            if (take_tempo - tempo).abs() < 1e-6 * tempo && beats > 0.0 {
+                let phase = (pos / beats).rem_euclid(1.0);
+                return Some(((phase * len as f64) as usize).min(len - 1));
+            }
+        }
+        let seconds = t
+            .pos_seconds
+            .or_else(|| Some(t.pos_beats? * 60.0 / t.tempo?))?;
+        let samples = (seconds * self.sample_rate as f64).round();
+        Some((samples.rem_euclid(len as f64) as usize).min(len - 1))
+    }
+
+    fn start(&mut self, preview: bool, clip: Arc<Clip>, pos: usize, looping: bool) {
+        let step = self.fade_step;
+        let voice = if preview {
+            &mut self.preview
+        } else {
+            &mut self.main
+        };
+        if let Some(old) = voice.clip.replace(clip) {
+            Self::release_into(&mut self.returns, &mut self.pending, old);
+        }
+        voice.pos = pos;
+        voice.gain = 0.0;
+        voice.target = 1.0;
+        voice.step = step;
+        voice.looping = looping;
+    }
+
+    /// Moves a sounding voice to its tail slot to fade out under the next one.
+    fn move_to_tail(&mut self, preview: bool) {
+        let step = self.fade_step;
+        let (voice, tail) = if preview {
+            (&mut self.preview, &mut self.preview_tail)
+        } else {
+            (&mut self.main, &mut self.tail)
+        };
+        if let Some(old) = tail.clip.take() {
+            Self::release_into(&mut self.returns, &mut self.pending, old);
+        }
+        if voice.active() {
+            std::mem::swap(voice, tail);
+            tail.target = 0.0;
+            tail.step = tail.step.max(step);
+        }
+    }
+
+    fn release(&mut self, clip: Arc<Clip>) {
+        Self::release_into(&mut self.returns, &mut self.pending, clip);
+    }
+
+    /// Hands a clip back for dropping elsewhere. Should the return queue and the
+    /// pending slots all be full, the clip is leaked rather than freed here.
+    fn release_into(
+        returns: &mut rtrb::Producer<Arc<Clip>>,
+        pending: &mut [Option<Arc<Clip>>; PENDING],
+        clip: Arc<Clip>,
+    ) {
+        if let Err(rtrb::PushError::Full(clip)) = returns.push(clip) {
+            match pending.iter_mut().find(|p| p.is_none()) {
+                Some(slot) => *slot = Some(clip),
+                None => std::mem::forget(clip),
+            }
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        for slot in self.pending.iter_mut() {
+            if let Some(clip) = slot.take() {
+                if let Err(rtrb::PushError::Full(clip)) = self.returns.push(clip) {
+                    *slot = Some(clip);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn player() -> (
+        ClipPlayer,
+        rtrb::Producer<AudioCommand>,
+        rtrb::Consumer<Arc<Clip>>,
+    ) {
+        let (tx, rx) = rtrb::RingBuffer::new(8);
+        let (ret_tx, ret_rx) = rtrb::RingBuffer::new(8);
+        let mut p = ClipPlayer::new(rx, ret_tx);
+        p.set_sample_rate(1000.0);
+        (p, tx, ret_rx)
+    }
+
+    fn ramp_clip(len: usize) -> Arc<Clip> {
+        Clip::new(7, (0..len).map(|i| i as f32).collect(), 1000, None, None)
+    }
+
+    fn stopped() -> TransportView {
+        TransportView::default()
+    }
+
+    #[test]
+    fn midi_note_plays_from_the_start_with_a_fade_in() {
+        let (mut p, mut tx, _ret) = player();
+        let clip = Clip::new(1, vec![1.0; 100], 1000, None, None);
+        tx.push(AudioCommand::Select(Some(clip))).ok().unwrap();
+        p.begin_block(PlayMode::Midi, &stopped());
+        let mut out = [0.0f32; 20];
+        p.render(&mut out);
+        assert!(out.iter().all(|&s| s == 0.0), "silent before a note");
+        p.note_on(PlayMode::Midi, 60);
+        p.render(&mut out);
+        // 5 ms fade at 1 kHz: 5 samples.
+        assert!(out[0] > 0.0 && out[0] < 0.5, "{out:?}");
+        assert_eq!(out[10], 1.0);
+        p.note_off(Some(60));
+        let mut tail = [0.0f32; 40];
+        p.render(&mut tail);
+        assert!(tail[0] > 0.9 && tail[39] == 0.0, "{tail:?}");
+    }
+
+    #[test]
+    fn loop_follows_the_song_position_in_beats() {
+        let (mut p, mut tx, _ret) = player();
+        // 2 beats at 120 bpm = 1 s = 1000 samples at 1 kHz.
+        let clip = Clip::new(
+            1,
+            (0..1000).map(|i| i as f32).collect(),
+            1000,
+            Some(2.0),
+            Some(120.0),
+        );
+        tx.push(AudioCommand::Select(Some(clip))).ok().unwrap();
+        let at = |beats: f64| TransportView {
+            playing: true,
+            tempo: Some(120.0),
+            pos_beats: Some(beats),
+            pos_seconds: Some(beats * 0.5),
+        };
+        p.begin_block(PlayMode::Loop, &at(0.5));
+        let mut out = [0.0f32; 100];
+        p.render(&mut out);
+        assert_eq!(p.main.pos, 350, "half a beat in = 250, plus the block");
+        // A seek to beat 5 (= 1 beat into the loop): crossfade to sample 500.
+        p.begin_block(PlayMode::Loop, &at(5.0));
+        p.render(&mut out);
+        assert_eq!(p.main.pos, 600);
+        assert!(p.tail.active() || p.tail.gain == 0.0);
+        assert_eq!(
+            out[99], 599.0,
+            "after the fade only the new position sounds"
+        );
+    }
+
+    #[test]
+    fn stopped_loop_starts_from_its_start() {
+        let (mut p, mut tx, _ret) = player();
+        tx.push(AudioCommand::Select(Some(ramp_clip(50))))
+            .ok()
+            .unwrap();
+        p.begin_block(PlayMode::Loop, &stopped());
+        let mut out = [0.0f32; 120];
+        p.render(&mut out);
+        // Faded in from 0, and wraps at 50.
+        assert_eq!(out[10], 10.0);
+        assert_eq!(out[60], 10.0);
+    }
+
+    #[test]
+    fn let_go_clips_go_back_on_the_return_queue() {
+        let (mut p, mut tx, mut ret) = player();
+        let a = ramp_clip(10);
+        let b = ramp_clip(10);
+        tx.push(AudioCommand::Select(Some(a.clone()))).ok().unwrap();
+        p.begin_block(PlayMode::Midi, &stopped());
+        tx.push(AudioCommand::Select(Some(b))).ok().unwrap();
+        p.begin_block(PlayMode::Midi, &stopped());
+        let back = ret.pop().unwrap();
+        assert!(Arc::ptr_eq(&back, &a));
+        // A one-shot that reaches its end hands its clip back too.
+        p.note_on(PlayMode::Midi, 1);
+        let mut out = [0.0f32; 30];
+        p.render(&mut out);
+        assert!(ret.pop().is_ok());
+        assert!(!p.main.active());
+    }
+
+    #[test]
+    fn full_return_queue_never_frees_on_the_audio_thread() {
+        let (tx, rx) = rtrb::RingBuffer::new(64);
+        let (ret_tx, ret_rx) = rtrb::RingBuffer::new(1);
+        let mut tx = tx;
+        let mut p = ClipPlayer::new(rx, ret_tx);
+        let clips: Vec<_> = (0..5).map(|_| ramp_clip(4)).collect();
+        for c in &clips {
+            tx.push(AudioCommand::Select(Some(c.clone()))).ok().unwrap();
+        }
+        p.begin_block(PlayMode::Midi, &stopped());
+        // Four let go: one on the queue, three pending, none dropped here.
+        for c in &clips[..4] {
+            assert_eq!(Arc::strong_count(c), 2);
+        }
+        drop(ret_rx);
+    }
+}

@@ -1,0 +1,470 @@
+//! What an instance remembers in the host's project: the generation settings,
+//! the takes' metadata and the selection, as one versioned JSON document.
+//!
+//! The document is stored under the state key [`STATE_KEY`] (nice-plug keeps
+//! each persisted field as a JSON string in `fields`). It is decoded leniently:
+//! each setting and each take on its own, so one bad entry costs that entry and
+//! is reported, and garbage loads the defaults. Audio is not in the document: it
+//! lives in WAV files named by each take.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use musicgen::{DeviceChoice, GenerationRequest, ModelSource, Precision};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::clip::Clip;
+
+/// The key of the document in the plugin state's `fields`.
+pub const STATE_KEY: &str = "promptloop";
+/// The document's schema version; [`migrate`] brings older documents to it.
+pub const STATE_VERSION: u64 = 1;
+/// Longest prompt accepted, in characters (the engine also limits tokens).
+pub const MAX_PROMPT_CHARS: usize = 2000;
+/// Longest take: MusicGen's 30 s.
+pub const MAX_SECONDS: f64 = 30.0;
+
+/// How long a take should be.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Length {
+    Seconds(f64),
+    /// Bars at the host's tempo and time signature when the generation starts.
+    Bars(f64),
+}
+
+/// The settings of the next generation, as the editor shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub prompt: String,
+    pub model: ModelSource,
+    pub precision: Precision,
+    pub device: DeviceChoice,
+    pub length: Length,
+    pub guidance_scale: f64,
+    /// 0 turns top-k off.
+    pub top_k: usize,
+    /// 1 turns top-p off.
+    pub top_p: f64,
+    pub temperature: f64,
+    /// `None`: a new random seed for every take.
+    pub seed: Option<u64>,
+    /// Where take WAVs go; `None`: the default data folder.
+    pub data_folder: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            model: ModelSource::default(),
+            precision: Precision::Q8_0,
+            device: DeviceChoice::Auto,
+            length: Length::Bars(4.0),
+            guidance_scale: 3.0,
+            top_k: 250,
+            top_p: 1.0,
+            temperature: 1.0,
+            seed: None,
+            data_folder: None,
+        }
+    }
+}
+
+/// A take's metadata, saved with the project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TakeMeta {
+    pub id: String,
+    /// Everything that decided the take (the seed included).
+    pub request: GenerationRequest,
+    pub engine_version: String,
+    /// Length of the loop in seconds, and in samples at `sample_rate`.
+    pub seconds: f64,
+    pub samples: usize,
+    /// The model's rate, at which the WAV is stored.
+    pub sample_rate: u32,
+    /// Host tempo when it was made, if the host gave one.
+    pub tempo: Option<f64>,
+    /// Length in bars, for bar-length takes.
+    pub bars: Option<f64>,
+    pub time_signature: Option<(u32, u32)>,
+    /// Unix time, seconds.
+    pub created: u64,
+    /// The WAV at the model rate.
+    pub file: PathBuf,
+    /// Deleted by the user: hidden, its file kept until a purge.
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+impl TakeMeta {
+    /// Length in quarter-note beats at its own tempo (bar takes only).
+    pub fn beats(&self) -> Option<f64> {
+        let (n, d) = self.time_signature?;
+        Some(self.bars? * crate::clip::beats_per_bar(n, d))
+    }
+
+    /// The numeric form of the id, for atomics and the audio thread.
+    pub fn key(&self) -> u64 {
+        take_key(&self.id)
+    }
+}
+
+/// A stable 64-bit key for a take id (FNV-1a).
+pub fn take_key(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Where a take's audio stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TakeStatus {
+    /// Being read from disk and resampled.
+    Loading,
+    Ready,
+    /// The WAV is gone or unreadable; the metadata stays.
+    Missing(String),
+}
+
+/// A take as the instance holds it: metadata plus audio once loaded.
+#[derive(Debug, Clone)]
+pub struct Take {
+    pub meta: TakeMeta,
+    pub status: TakeStatus,
+    /// PCM at the model rate: the source of every resampling.
+    pub pcm: Option<Arc<Vec<f32>>>,
+    /// The clip at the host rate the audio thread was last given.
+    pub clip: Option<Arc<Clip>>,
+}
+
+/// The instance's session: settings, takes, selection, and what went wrong.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub settings: Settings,
+    pub takes: Vec<Take>,
+    pub selected: Option<String>,
+    /// Entries of the last loaded document that could not be decoded.
+    pub load_report: Vec<String>,
+    /// The last error, in words, for the editor.
+    pub last_error: Option<String>,
+    /// Prompts used before, newest first.
+    pub recent_prompts: Vec<String>,
+}
+
+impl Session {
+    pub fn take(&self, id: &str) -> Option<&Take> {
+        self.takes.iter().find(|t| t.meta.id == id)
+    }
+
+    pub fn take_mut(&mut self, id: &str) -> Option<&mut Take> {
+        self.takes.iter_mut().find(|t| t.meta.id == id)
+    }
+
+    /// The document saved with the project.
+    pub fn to_document(&self) -> Value {
+        serde_json::json!({
+            "version": STATE_VERSION,
+            "settings": self.settings,
+            "takes": self.takes.iter().map(|t| &t.meta).collect::<Vec<_>>(),
+            "selected": self.selected,
+            "recent_prompts": self.recent_prompts,
+        })
+    }
+
+    /// Replaces the session with a saved document, decoding what is valid.
+    pub fn load_document(&mut self, doc: &Value) {
+        let decoded = decode(doc);
+        self.settings = decoded.settings;
+        self.takes = decoded
+            .takes
+            .into_iter()
+            .map(|meta| Take {
+                meta,
+                status: TakeStatus::Loading,
+                pcm: None,
+                clip: None,
+            })
+            .collect();
+        self.selected = decoded
+            .selected
+            .filter(|id| self.takes.iter().any(|t| &t.meta.id == id));
+        self.recent_prompts = decoded.recent_prompts;
+        self.load_report = decoded.report;
+        self.last_error = None;
+    }
+}
+
+/// A decoded document and what could not be decoded.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub settings: Settings,
+    pub takes: Vec<TakeMeta>,
+    pub selected: Option<String>,
+    pub recent_prompts: Vec<String>,
+    pub report: Vec<String>,
+}
+
+/// Brings a document of any earlier version to [`STATE_VERSION`]. Runs from
+/// `filter_state`, before the document is decoded.
+pub fn migrate(doc: &mut Value) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    let version = obj.get("version").and_then(Value::as_u64).unwrap_or(0);
+    if version == 0 {
+        // Version 0 (never released) kept the settings at the top level.
+        let mut settings = Map::new();
+        for key in SETTING_KEYS {
+            if let Some(v) = obj.remove(*key) {
+                settings.insert((*key).to_string(), v);
+            }
+        }
+        if !settings.is_empty() && !obj.contains_key("settings") {
+            obj.insert("settings".into(), Value::Object(settings));
+        }
+        obj.insert("version".into(), Value::from(STATE_VERSION));
+    }
+}
+
+const SETTING_KEYS: &[&str] = &[
+    "prompt",
+    "model",
+    "precision",
+    "device",
+    "length",
+    "guidance_scale",
+    "top_k",
+    "top_p",
+    "temperature",
+    "seed",
+    "data_folder",
+];
+
+/// Decodes a document entry by entry.
+pub fn decode(doc: &Value) -> Decoded {
+    let mut out = Decoded::default();
+    let Some(obj) = doc.as_object() else {
+        out.report
+            .push("the saved state is not a Promptloop document; defaults loaded".into());
+        return out;
+    };
+    if let Some(v) = obj.get("version").and_then(Value::as_u64) {
+        if v > STATE_VERSION {
+            out.report.push(format!(
+                "saved by a newer Promptloop (state version {v}, this one reads {STATE_VERSION}); \
+                 loaded what this version understands"
+            ));
+        }
+    }
+    if let Some(settings) = obj.get("settings") {
+        match settings.as_object() {
+            Some(s) => decode_settings(s, &mut out.settings, &mut out.report),
+            None => out.report.push("settings: not an object".into()),
+        }
+    }
+    out.settings.sanitize();
+    if let Some(takes) = obj.get("takes") {
+        match takes.as_array() {
+            Some(list) => {
+                for (i, t) in list.iter().enumerate() {
+                    match serde_json::from_value::<TakeMeta>(t.clone()) {
+                        Ok(meta) if out.takes.iter().any(|m| m.id == meta.id) => out
+                            .report
+                            .push(format!("take {i} ({}): duplicate id, skipped", meta.id)),
+                        Ok(meta) => out.takes.push(meta),
+                        Err(e) => {
+                            let id = t.get("id").and_then(Value::as_str).unwrap_or("?");
+                            out.report.push(format!("take {i} ({id}): {e}"));
+                        }
+                    }
+                }
+            }
+            None => out.report.push("takes: not a list".into()),
+        }
+    }
+    out.selected = obj
+        .get("selected")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(list) = obj.get("recent_prompts").and_then(Value::as_array) {
+        out.recent_prompts = list
+            .iter()
+            .filter_map(Value::as_str)
+            .take(RECENT_PROMPTS)
+            .map(str::to_string)
+            .collect();
+    }
+    out
+}
+
+/// Prompts remembered for the editor.
+pub const RECENT_PROMPTS: usize = 20;
+
+fn decode_settings(obj: &Map<String, Value>, s: &mut Settings, report: &mut Vec<String>) {
+    fn field<T: serde::de::DeserializeOwned>(
+        obj: &Map<String, Value>,
+        key: &str,
+        slot: &mut T,
+        report: &mut Vec<String>,
+    ) {
+        if let Some(v) = obj.get(key) {
+            match serde_json::from_value(v.clone()) {
+                Ok(value) => *slot = value,
+                Err(e) => report.push(format!("setting {key}: {e}; default kept")),
+            }
+        }
+    }
+    field(obj, "prompt", &mut s.prompt, report);
+    field(obj, "model", &mut s.model, report);
+    field(obj, "precision", &mut s.precision, report);
+    field(obj, "device", &mut s.device, report);
+    field(obj, "length", &mut s.length, report);
+    field(obj, "guidance_scale", &mut s.guidance_scale, report);
+    field(obj, "top_k", &mut s.top_k, report);
+    field(obj, "top_p", &mut s.top_p, report);
+    field(obj, "temperature", &mut s.temperature, report);
+    field(obj, "seed", &mut s.seed, report);
+    field(obj, "data_folder", &mut s.data_folder, report);
+}
+
+impl Settings {
+    /// Clamps numbers into the ranges the engine accepts, so a hand-edited or
+    /// damaged document cannot make every later generation fail.
+    pub fn sanitize(&mut self) {
+        let d = Settings::default();
+        if !self.guidance_scale.is_finite() || self.guidance_scale < 1.0 {
+            self.guidance_scale = d.guidance_scale;
+        }
+        self.guidance_scale = self.guidance_scale.min(20.0);
+        if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
+            self.top_p = d.top_p;
+        }
+        if !self.temperature.is_finite() || self.temperature <= 0.0 {
+            self.temperature = d.temperature;
+        }
+        self.length = match self.length {
+            Length::Seconds(s) if s.is_finite() && s > 0.0 => Length::Seconds(s),
+            Length::Bars(b) if b.is_finite() && b > 0.0 => Length::Bars(b),
+            _ => d.length,
+        };
+    }
+
+    /// The engine's sampling for these settings.
+    pub fn sampling(&self) -> musicgen::Sampling {
+        musicgen::Sampling::Sample {
+            temperature: self.temperature,
+            top_k: (self.top_k > 0).then_some(self.top_k),
+            top_p: (self.top_p < 1.0).then_some(self.top_p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str) -> TakeMeta {
+        TakeMeta {
+            id: id.into(),
+            request: GenerationRequest::default(),
+            engine_version: musicgen::ENGINE_VERSION.into(),
+            seconds: 2.0,
+            samples: 64_000,
+            sample_rate: 32_000,
+            tempo: Some(120.0),
+            bars: Some(1.0),
+            time_signature: Some((4, 4)),
+            created: 1,
+            file: PathBuf::from(format!("/tmp/{id}.wav")),
+            hidden: false,
+        }
+    }
+
+    #[test]
+    fn document_round_trips() {
+        let mut s = Session::default();
+        s.settings.prompt = "dusty boom-bap drums, 90 bpm".into();
+        s.settings.length = Length::Seconds(8.0);
+        s.takes = ["a", "b"]
+            .iter()
+            .map(|id| Take {
+                meta: meta(id),
+                status: TakeStatus::Ready,
+                pcm: None,
+                clip: None,
+            })
+            .collect();
+        s.selected = Some("b".into());
+        let doc = s.to_document();
+        let mut back = Session::default();
+        back.load_document(&doc);
+        assert!(back.load_report.is_empty(), "{:?}", back.load_report);
+        assert_eq!(back.settings, s.settings);
+        assert_eq!(back.takes.len(), 2);
+        assert_eq!(back.takes[1].meta, s.takes[1].meta);
+        assert_eq!(back.selected.as_deref(), Some("b"));
+        assert_eq!(back.takes[0].status, TakeStatus::Loading);
+    }
+
+    #[test]
+    fn one_bad_take_costs_only_that_take() {
+        let mut doc = serde_json::json!({
+            "version": 1,
+            "settings": {"prompt": "pads", "top_k": "many", "length": {"bars": 2.0}},
+            "takes": [meta("a"), {"id": "broken", "seconds": "long"}, 7, meta("c")],
+            "selected": "broken",
+        });
+        migrate(&mut doc);
+        let mut s = Session::default();
+        s.load_document(&doc);
+        let ids: Vec<_> = s.takes.iter().map(|t| t.meta.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(s.settings.prompt, "pads");
+        assert_eq!(s.settings.length, Length::Bars(2.0));
+        assert_eq!(s.settings.top_k, 250, "bad field keeps its default");
+        assert_eq!(s.selected, None, "selection of a take that did not load");
+        assert_eq!(s.load_report.len(), 3, "{:?}", s.load_report);
+        assert!(s.load_report.iter().any(|r| r.contains("broken")));
+    }
+
+    #[test]
+    fn garbage_loads_defaults_and_says_so() {
+        for garbage in [
+            Value::Null,
+            serde_json::json!("text"),
+            serde_json::json!([1, 2]),
+            serde_json::json!({"settings": 5, "takes": {"a": 1}}),
+            serde_json::json!({"settings": {"guidance_scale": -4, "temperature": 0,
+                               "length": {"seconds": -1}}}),
+        ] {
+            let mut doc = garbage.clone();
+            migrate(&mut doc);
+            let mut s = Session::default();
+            s.load_document(&doc);
+            assert!(s.takes.is_empty());
+            assert_eq!(s.settings.guidance_scale, 3.0, "{garbage}");
+            assert_eq!(s.settings.length, Length::Bars(4.0), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn version_0_documents_migrate() {
+        let mut doc = serde_json::json!({"prompt": "old", "seed": 5, "takes": []});
+        migrate(&mut doc);
+        assert_eq!(doc["version"], 1);
+        let d = decode(&doc);
+        assert_eq!(d.settings.prompt, "old");
+        assert_eq!(d.settings.seed, Some(5));
+        assert!(d.report.is_empty(), "{:?}", d.report);
+    }
+
+    #[test]
+    fn newer_documents_load_with_a_warning() {
+        let doc = serde_json::json!({"version": 99, "settings": {"prompt": "x"}});
+        let d = decode(&doc);
+        assert_eq!(d.settings.prompt, "x");
+        assert!(d.report[0].contains("newer"));
+    }
+}
