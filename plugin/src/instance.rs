@@ -470,6 +470,31 @@ impl Instance {
     }
 }
 
+/// Holds every lock the editor and the workers use, of every instance, for
+/// `duration`: the host tests check that `process()` runs on regardless.
+pub fn hold_all_locks(duration: std::time::Duration) {
+    let all = INSTANCES.lock();
+    let _workers = crate::workers::lock_registry();
+    let live: Vec<Arc<Instance>> = all.iter().filter_map(Weak::upgrade).collect();
+    let jobs: Vec<Arc<Job>> = live.iter().flat_map(|i| i.jobs.lock().clone()).collect();
+    let guards: Vec<_> = live
+        .iter()
+        .map(|i| {
+            (
+                i.session.write(),
+                i.audio_tx.lock(),
+                i.returns_rx.lock(),
+                i.workers.lock(),
+                i.jobs.lock(),
+            )
+        })
+        .collect();
+    let progress: Vec<_> = jobs.iter().map(|j| j.progress.lock()).collect();
+    std::thread::sleep(duration);
+    drop(progress);
+    drop(guards);
+}
+
 /// Removes take WAVs in `folder` that no take of any instance loaded in this
 /// process shows. Returns the files removed. Projects not open in this process
 /// are not known: the editor says so before it asks.

@@ -277,3 +277,11 @@ pub unsafe extern "C" fn promptloop_counters(out: *mut u64, len: usize) -> usize
     }
     n
 }
+
+/// Test hook: holds every lock the editor and the workers use, in every
+/// instance, for `ms` milliseconds, on the calling thread. The host tests call it
+/// from one thread while another runs `process()`, which must not wait.
+#[no_mangle]
+pub extern "C" fn promptloop_hold_locks(ms: u32) {
+    instance::hold_all_locks(std::time::Duration::from_millis(ms as u64));
+}

@@ -320,7 +320,7 @@ impl ClipPlayer {
         {
             if (take_tempo - tempo).abs() < 1e-6 * tempo && beats > 0.0 {
                 let phase = (pos / beats).rem_euclid(1.0);
-                return Some(((phase * len as f64) as usize).min(len - 1));
+                return Some((phase * len as f64).round() as usize % len);
             }
         }
         let seconds = t

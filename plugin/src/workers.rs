@@ -87,6 +87,11 @@ pub struct Workers {
 
 static WORKERS: Mutex<Weak<Workers>> = Mutex::new(Weak::new());
 
+/// The registry's lock, for `instance::hold_all_locks`.
+pub(crate) fn lock_registry() -> parking_lot::MutexGuard<'static, Weak<Workers>> {
+    WORKERS.lock()
+}
+
 impl Workers {
     /// The running workers, or new ones if none run.
     pub fn acquire() -> Arc<Workers> {
