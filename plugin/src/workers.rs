@@ -150,6 +150,12 @@ impl Drop for Workers {
         let (dummy_o, _) = crossbeam_channel::bounded(0);
         drop(std::mem::replace(&mut self.inference, dummy_i));
         drop(std::mem::replace(&mut self.io, dummy_o));
+        let on_worker = std::thread::current()
+            .name()
+            .is_some_and(|n| n == "promptloop-io" || n == "promptloop-inference");
+        if on_worker {
+            return; // a worker dropped the last instance: it cannot wait for itself
+        }
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         for _ in 0..2 {
             let left = deadline.saturating_duration_since(Instant::now());
