@@ -70,6 +70,32 @@ impl HostInfo {
     }
 }
 
+/// What the audio thread is sounding, for the editor's playhead: the take's
+/// key (0: nothing), the position and the clip length, in host samples.
+#[derive(Default)]
+pub struct Playhead {
+    take: AtomicU64,
+    pos: AtomicU64,
+    len: AtomicU64,
+}
+
+impl Playhead {
+    /// Real-time safe: stores only.
+    pub fn publish(&self, now: Option<(u64, usize, usize)>) {
+        let (take, pos, len) = now.unwrap_or((0, 0, 0));
+        self.take.store(take, Ordering::Relaxed);
+        self.pos.store(pos as u64, Ordering::Relaxed);
+        self.len.store(len as u64, Ordering::Relaxed);
+    }
+
+    /// The sounding take's key and its position as a fraction of its length.
+    pub fn get(&self) -> Option<(u64, f32)> {
+        let take = self.take.load(Ordering::Relaxed);
+        let len = self.len.load(Ordering::Relaxed);
+        (take != 0 && len > 0).then(|| (take, self.pos.load(Ordering::Relaxed) as f32 / len as f32))
+    }
+}
+
 /// Where a job stands, for the editor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobStage {
@@ -161,6 +187,7 @@ impl Job {
 pub struct Instance {
     pub session: RwLock<Session>,
     pub host: HostInfo,
+    pub playhead: Playhead,
     /// Bumped by the audio thread on the generate note; the I/O worker acts on it.
     pub generate_trigger: AtomicU32,
     trigger_seen: AtomicU32,
@@ -189,6 +216,7 @@ impl Instance {
         let instance = Arc::new(Self {
             session: RwLock::new(Session::default()),
             host: HostInfo::new(),
+            playhead: Playhead::default(),
             generate_trigger: AtomicU32::new(0),
             trigger_seen: AtomicU32::new(0),
             audio_tx: Mutex::new(audio_tx),
@@ -311,9 +339,6 @@ impl Instance {
                 "{what}; MusicGen makes at most {MAX_SECONDS} s: choose fewer bars or seconds"
             ));
         }
-        let id = new_take_id();
-        let folder = takes_folder(s.data_folder.as_deref());
-        let file = folder.join(format!("{id}.wav"));
         let seed = s.seed.unwrap_or_else(random_seed);
         let request = GenerationRequest {
             prompt: s.prompt.clone(),
@@ -334,16 +359,53 @@ impl Instance {
                 .truncate(crate::session::RECENT_PROMPTS);
         }
         drop(session);
+        let plan = |file| TakePlan {
+            seconds,
+            tempo,
+            bars,
+            time_signature,
+            file,
+        };
+        Ok(self.queue(&workers, request, plan, s.data_folder.as_deref()))
+    }
+
+    /// Queues the same request as an earlier take (same seed, length and
+    /// tempo): the editor's "regenerate".
+    pub fn regenerate(self: &Arc<Self>, take_id: &str) -> Result<String, String> {
+        let workers = self
+            .workers()
+            .ok_or("the plugin is not active yet: start the host's audio engine")?;
+        let session = self.session.read();
+        let meta = session
+            .take(take_id)
+            .ok_or_else(|| format!("no take {take_id}"))?
+            .meta
+            .clone();
+        let folder = session.settings.data_folder.clone();
+        drop(session);
+        let plan = |file| TakePlan {
+            seconds: meta.seconds,
+            tempo: meta.tempo,
+            bars: meta.bars,
+            time_signature: meta.time_signature,
+            file,
+        };
+        Ok(self.queue(&workers, meta.request.clone(), plan, folder.as_deref()))
+    }
+
+    fn queue(
+        self: &Arc<Self>,
+        workers: &Workers,
+        request: GenerationRequest,
+        plan: impl FnOnce(PathBuf) -> TakePlan,
+        data_folder: Option<&Path>,
+    ) -> String {
+        let id = new_take_id();
+        let file = takes_folder(data_folder).join(format!("{id}.wav"));
         let job = Arc::new(Job {
             take_id: id.clone(),
             request,
-            plan: TakePlan {
-                seconds,
-                tempo,
-                bars,
-                time_signature,
-                file,
-            },
+            plan: plan(file),
             cancel: AtomicBool::new(false),
             progress: Mutex::new(JobProgress {
                 stage: JobStage::Queued,
@@ -373,7 +435,7 @@ impl Instance {
             jobs.push(job.clone());
         }
         workers.generate(Arc::downgrade(self), job);
-        Ok(id)
+        id
     }
 
     /// This instance's jobs, oldest first.
@@ -434,6 +496,16 @@ impl Instance {
         if was_selected {
             self.select(None);
         }
+    }
+
+    /// The folder this instance's take WAVs go in.
+    pub fn takes_folder(&self) -> PathBuf {
+        takes_folder(self.session.read().settings.data_folder.as_deref())
+    }
+
+    /// The folder of WAVs exported at the host's rate (drag-out, copy path).
+    pub fn exports_folder(&self) -> PathBuf {
+        self.takes_folder().join("exports")
     }
 
     /// Frees the model's memory now (the next generation loads it again).

@@ -14,9 +14,13 @@ use nice_plug::prelude::*;
 use serde_json::Value;
 
 pub mod clip;
+pub mod dragdrop;
+pub mod editor;
+pub mod export;
 pub mod instance;
 pub mod player;
 pub mod session;
+pub mod ui;
 pub mod workers;
 
 use instance::Instance;
@@ -45,6 +49,9 @@ pub struct PromptloopParams {
     /// The session document: settings, takes and selection (see `session`).
     #[persist = "promptloop"]
     pub session: SessionField,
+    /// The editor window's size.
+    #[persist = "editor-size"]
+    pub editor_size: Arc<parking_lot::RwLock<editor::WindowSize>>,
 }
 
 /// The persisted session document of one instance.
@@ -85,6 +92,7 @@ impl PromptloopParams {
             .with_string_to_value(formatters::s2v_f32_gain_to_db()),
             mode: EnumParam::new("Play mode", PlayMode::Midi),
             session: SessionField(instance),
+            editor_size: Arc::new(parking_lot::RwLock::new(editor::default_size())),
         }
     }
 }
@@ -122,12 +130,20 @@ impl Plugin for Promptloop {
     }];
     const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
 
-    type Editor = ();
+    type Editor = editor::PromptloopEditor;
     type SysExMessage = ();
     type BackgroundTask = ();
 
     fn params(&self) -> Arc<dyn Params> {
         self.params.clone()
+    }
+
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        editor::create(
+            self.instance.clone(),
+            self.params.clone(),
+            self.params.editor_size.clone(),
+        )
     }
 
     fn filter_state(state: &mut PluginState) {
@@ -220,6 +236,7 @@ impl Plugin for Promptloop {
                 ch[i] = s;
             }
         }
+        self.instance.playhead.publish(self.player.playhead());
         ProcessStatus::KeepAlive
     }
 }

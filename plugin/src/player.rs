@@ -187,9 +187,16 @@ impl ClipPlayer {
         self.was_playing = false;
     }
 
-    /// The take the player is sounding in Loop/MIDI (for the editor's cursor).
-    pub fn position(&self) -> Option<(u64, usize)> {
-        self.main.clip.as_ref().map(|c| (c.take, self.main.pos))
+    /// What is sounding, for the editor's playhead: the preview if one plays,
+    /// else the Loop/MIDI voice, as (take key, position, length).
+    pub fn playhead(&self) -> Option<(u64, usize, usize)> {
+        let v = if self.preview.active() {
+            &self.preview
+        } else {
+            &self.main
+        };
+        let c = v.clip.as_ref()?;
+        Some((c.take, v.pos.min(c.len()), c.len()))
     }
 
     /// Applies queued commands and retries returns. Call once per block first.

@@ -1,0 +1,168 @@
+//! The editor driven as a producer would, through egui's accessibility tree
+//! (egui_kittest): type a prompt, pick a model folder, generate with a tiny
+//! fixture model, watch the progress, see the take appear, preview it, delete it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::kittest::{NodeT, Queryable};
+use egui_kittest::Harness;
+use musicgen::ModelSource;
+use parking_lot::Mutex;
+use promptloop::instance::Instance;
+use promptloop::player::{AudioCommand, PlayMode};
+use promptloop::session::Length;
+use promptloop::ui::{draw, EditorModel, ParamWrite};
+
+fn tiny_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-a")
+}
+
+/// Records parameter changes as the host would apply them.
+struct TestParams(Arc<Mutex<PlayMode>>);
+
+impl ParamWrite for TestParams {
+    fn set_mode(&self, mode: PlayMode) {
+        *self.0.lock() = mode;
+    }
+    fn mode(&self) -> PlayMode {
+        *self.0.lock()
+    }
+}
+
+fn harness(instance: &Arc<Instance>, mode: Arc<Mutex<PlayMode>>) -> Harness<'static, EditorModel> {
+    let model = EditorModel::new(instance.clone(), Box::new(TestParams(mode)), None);
+    Harness::builder()
+        .with_size([620.0, 1400.0])
+        .build_ui_state(draw, model)
+}
+
+/// Steps the UI (as its repaint timer would) until `done` or the timeout.
+fn step_until(
+    h: &mut Harness<'static, EditorModel>,
+    what: &str,
+    mut done: impl FnMut(&mut Harness<'static, EditorModel>) -> bool,
+) {
+    let start = Instant::now();
+    while !done(h) {
+        assert!(start.elapsed() < Duration::from_secs(120), "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+}
+
+#[test]
+fn type_generate_watch_preview_and_delete() {
+    let data = tempfile::tempdir().unwrap();
+    let (instance, mut audio, _returns) = Instance::new();
+    instance.activate(48_000);
+    instance.session.write().settings.data_folder = Some(data.path().to_path_buf());
+    let mode = Arc::new(Mutex::new(PlayMode::Midi));
+    let mut h = harness(&instance, mode.clone());
+    h.run();
+
+    // Idle looks idle; the licence is shown where the model is chosen.
+    h.get_by_label_contains("Ready.");
+    h.get_by_label_contains("CC-BY-NC 4.0");
+    h.get_by_label("No takes yet.");
+
+    // Type a prompt.
+    h.get_by_role_and_label(Role::MultilineTextInput, "Prompt")
+        .click();
+    h.run();
+    h.get_by_role_and_label(Role::MultilineTextInput, "Prompt")
+        .type_text("dusty boom-bap drums");
+    h.run();
+    assert_eq!(
+        instance.session.read().settings.prompt,
+        "dusty boom-bap drums"
+    );
+
+    // Pick a local model folder.
+    h.get_by_label("Model").click();
+    h.run();
+    h.get_by_label("Local folder").click();
+    h.run();
+    let folder = tiny_model().display().to_string();
+    h.get_by_role_and_label(Role::TextInput, "Model folder")
+        .click();
+    h.run();
+    h.get_by_role_and_label(Role::TextInput, "Model folder")
+        .type_text(&folder);
+    h.run();
+    assert_eq!(
+        instance.session.read().settings.model,
+        ModelSource::Local { path: tiny_model() }
+    );
+    h.get_by_label_contains("config.json found");
+
+    // Length in seconds: 8 s by default.
+    h.get_by_label("Seconds").click();
+    h.run();
+    assert_eq!(
+        instance.session.read().settings.length,
+        Length::Seconds(8.0)
+    );
+    instance.session.write().settings.precision = musicgen::Precision::F32;
+
+    // Generate, and see the progress.
+    h.get_by_label("Generate").click();
+    h.run();
+    let mut saw_progress = false;
+    step_until(&mut h, "the take appears", |h| {
+        saw_progress |= h.query_by_label_contains("Generating: step").is_some()
+            || h.query_by_label_contains("Loading the model").is_some()
+            || h.query_by_label_contains("Decoding audio").is_some()
+            || h.query_by_label_contains("Saving the take").is_some();
+        h.query_by_label("Takes (1)").is_some()
+    });
+    assert!(saw_progress, "progress was shown while generating");
+    h.get_by_label("dusty boom-bap drums");
+    h.get_by_label_contains("8.00 s");
+    h.get_by_label_contains("seed ");
+
+    // Preview, once the take is at the host rate.
+    step_until(&mut h, "preview is enabled", |h| {
+        !h.get_by_label("Preview").accesskit_node().is_disabled()
+    });
+    // Drain what generation sent (the new take's selection).
+    while audio.pop().is_ok() {}
+    h.get_by_label("Preview").click();
+    h.run();
+    let sent = audio.pop().expect("a command for the audio thread");
+    assert!(matches!(sent, AudioCommand::Preview(_)), "preview sent");
+
+    // Loop selects the take and switches the play mode.
+    h.get_by_label("Loop").click();
+    h.run();
+    assert_eq!(*mode.lock(), PlayMode::Loop);
+
+    // Delete hides the take; its file stays.
+    let file = instance.session.read().takes[0].meta.file.clone();
+    h.get_by_label("Delete").click();
+    h.run();
+    h.get_by_label("Takes (0)");
+    h.get_by_label("No takes yet.");
+    assert!(file.exists());
+}
+
+#[test]
+fn errors_read_in_plain_words_with_what_to_do() {
+    let data = tempfile::tempdir().unwrap();
+    let (instance, _audio, _returns) = Instance::new();
+    instance.activate(48_000);
+    {
+        let mut s = instance.session.write();
+        s.settings.data_folder = Some(data.path().to_path_buf());
+        s.settings.length = Length::Bars(32.0);
+    }
+    let mut h = harness(&instance, Arc::new(Mutex::new(PlayMode::Midi)));
+    h.run();
+    h.get_by_label_contains("over MusicGen's 30 s");
+    h.get_by_label("Generate").click();
+    h.run();
+    h.get_by_label_contains("Error: 32 bars at 120.0 bpm is 64.00 s");
+    h.get_by_label("Choose fewer bars, or a length in seconds.");
+}
