@@ -1,15 +1,70 @@
-//! The standalone build (nice-plug's standalone wrapper, dummy audio backend)
-//! starts, and exits with status 0 soon after SIGINT.
+//! The standalone build (nice-plug's standalone wrapper, dummy audio backend,
+//! with the editor) starts under Xvfb with Mesa, opens its window, and exits
+//! with status 0 soon after SIGINT.
 
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_tests::workspace;
 
+/// A private X server for the test (Xvfb), killed on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Self {
+        for n in 0..20 {
+            let number = 90 + (std::process::id() as usize + n * 7) % 400;
+            if PathBuf::from(format!("/tmp/.X11-unix/X{number}")).exists() {
+                continue;
+            }
+            let display = format!(":{number}");
+            let mut child = Command::new("Xvfb")
+                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb runs (apt-get install xvfb; .ci/run installs it)");
+            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
+            let t0 = Instant::now();
+            while !socket.exists() && t0.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if socket.exists() {
+                return Self { child, display };
+            }
+            let _ = child.kill();
+        }
+        panic!("could not start Xvfb");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn window_named(display: &str, name: &str) -> bool {
+    Command::new("xdotool")
+        .args(["search", "--name", name])
+        .env("DISPLAY", display)
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
 #[test]
-fn standalone_exits_cleanly_on_sigint() {
+fn standalone_opens_its_editor_and_exits_cleanly_on_sigint() {
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     let exe = target.join("debug").join("promptloop-standalone");
     assert!(
@@ -17,21 +72,42 @@ fn standalone_exits_cleanly_on_sigint() {
         "{} is missing: run `cargo xtask test`, which builds it",
         exe.display()
     );
+    let x = Xvfb::start();
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(&exe)
         .args(["--backend", "dummy", "--sample-rate", "48000"])
+        .env("DISPLAY", &x.display)
+        .env("LIBGL_ALWAYS_SOFTWARE", "1")
         .env("PROMPTLOOP_DATA_DIR", data.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the standalone starts");
-    // Let it start its audio thread and the plugin's workers.
-    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = Instant::now();
+    while !window_named(&x.display, "Promptloop") {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("the standalone exited ({status}) before its window opened:\n{err}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no Promptloop window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let it run a moment: audio thread, workers, editor frames.
+    std::thread::sleep(Duration::from_millis(1000));
     assert!(child.try_wait().unwrap().is_none(), "still running");
     let threads = std::fs::read_dir(format!("/proc/{}/task", child.id()))
         .map(|d| d.count())
         .unwrap_or(0);
-    assert!(threads >= 3, "main, audio and worker threads ({threads})");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t0 = Instant::now();
@@ -45,6 +121,9 @@ fn standalone_exits_cleanly_on_sigint() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    eprintln!("exited {:?} after SIGINT ({threads} threads)", t0.elapsed());
+    eprintln!(
+        "exited {:?} after SIGINT ({threads} threads were running)",
+        t0.elapsed()
+    );
     assert!(status.success(), "exit status {status}");
 }

@@ -6,6 +6,7 @@
 //! that size.
 
 use std::error::Error;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nice_plug::context::gui::GuiContext;
@@ -23,6 +24,21 @@ use crate::instance::Instance;
 use crate::player::PlayMode;
 use crate::ui::{EditorModel, ParamWrite};
 use crate::PromptloopParams;
+
+/// Set by the standalone app's SIGINT handler: open editors close, which ends
+/// the app (nice-plug's own handler only acts while no editor is open).
+static QUIT: AtomicBool = AtomicBool::new(false);
+/// Editor windows open in this process.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Closes every open editor; with none open, ends the process (the standalone
+/// app's SIGINT).
+pub fn request_quit() {
+    QUIT.store(true, Ordering::Release);
+    if OPEN.load(Ordering::Acquire) == 0 {
+        std::process::exit(0);
+    }
+}
 
 /// The window's logical size, saved with the project under `editor-size`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -96,7 +112,9 @@ impl Editor for PromptloopEditor {
         };
         let settings = EguiNiceSettings::new()
             .with_tile("Promptloop")
-            .with_resize_hint(resize_hint());
+            .with_resize_hint(resize_hint())
+            // Progress and the playhead move without input.
+            .with_repaint_poll_interval(std::time::Duration::from_millis(50));
         let editor = create_egui_editor(state, RepaintNotifier::new(), settings, app)
             .ok_or("cannot create the editor")?;
         let spawned = editor.spawn(
@@ -161,6 +179,7 @@ impl NiceEguiApp for App {
         nice_gui_ctx: GuiContext,
         _frame: &mut nice_plug_egui::Frame,
     ) -> Result<(), nice_plug_egui::baseview::HandlerError> {
+        OPEN.fetch_add(1, Ordering::AcqRel);
         egui_ctx.set_theme(egui::Theme::Dark);
         let params = HostParams {
             context: nice_gui_ctx,
@@ -174,13 +193,20 @@ impl NiceEguiApp for App {
         Ok(())
     }
 
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut nice_plug_egui::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut nice_plug_egui::Frame) {
+        if QUIT.load(Ordering::Acquire) {
+            frame.baseview_window().request_close();
+        }
         if let Some(model) = self.model.as_mut() {
             crate::ui::draw(ui, model);
         }
         // Progress and the playhead move without input: keep drawing.
         ui.ctx()
             .request_repaint_after(std::time::Duration::from_millis(50));
+    }
+
+    fn editor_closed(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn resized(&mut self, new_size: nice_plug_egui::baseview::WindowSize) {
