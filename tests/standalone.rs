@@ -40,6 +40,7 @@ impl Xvfb {
                 return Self { child, display };
             }
             let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("could not start Xvfb");
     }
