@@ -103,7 +103,16 @@ impl Editor for PromptloopEditor {
         gui_context: GuiContext,
         host: Option<nice_plug::editor::HostMethods>,
     ) -> Result<SpawnedEditor<Self::Handle>, Box<dyn Error>> {
-        let state = EguiEditorState::from_size(logical(*self.size.read()), 1.0);
+        // The zoom can be set for screenshots and for checking large scales.
+        let zoom = std::env::var("PROMPTLOOP_EDITOR_ZOOM")
+            .ok()
+            .and_then(|z| z.parse::<f32>().ok())
+            .filter(|z| (0.5..=4.0).contains(z))
+            .unwrap_or(1.0);
+        let mut size = *self.size.read();
+        size.width = (size.width as f32 * zoom) as u32;
+        size.height = (size.height as f32 * zoom) as u32;
+        let state = EguiEditorState::from_size(logical(size), zoom);
         let app = App {
             instance: self.instance.clone(),
             params: self.params.clone(),

@@ -97,10 +97,19 @@ impl PromptloopParams {
     }
 }
 
+/// A session document the standalone app starts with (its `--session` file,
+/// read before any instance exists). Plugins never set it.
+pub static STANDALONE_SESSION: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+
 impl Default for Promptloop {
     fn default() -> Self {
         // No thread, no I/O, no model: hosts construct plugins while scanning.
         let (instance, commands, returns) = Instance::new();
+        if let Some(doc) = STANDALONE_SESSION.get() {
+            let mut doc = doc.clone();
+            session::migrate(&mut doc);
+            instance.session.write().load_document(&doc);
+        }
         Self {
             params: Arc::new(PromptloopParams::new(instance.clone())),
             instance,

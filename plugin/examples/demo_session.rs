@@ -1,0 +1,70 @@
+//! Makes a session with a few takes from a model folder and prints its
+//! document: the state the README's screenshot shows.
+//!
+//! cargo run -p promptloop --example demo_session -- MODEL_DIR DATA_DIR > session.json
+
+use std::time::Duration;
+
+use musicgen::{DeviceChoice, ModelSource, Precision};
+use promptloop::instance::{Instance, JobStage};
+use promptloop::session::Length;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (model, data) = match (args.next(), args.next()) {
+        (Some(m), Some(d)) => (m, d),
+        _ => {
+            eprintln!("usage: demo_session MODEL_DIR DATA_DIR > session.json");
+            std::process::exit(2);
+        }
+    };
+    let (instance, _audio, _returns) = Instance::new();
+    instance.activate(48_000);
+    let takes = [
+        (
+            "dusty boom-bap drums, 90 bpm",
+            Length::Bars(2.0),
+            90.0,
+            1234,
+        ),
+        ("warm rhodes chords, lofi", Length::Seconds(6.0), 90.0, 77),
+        (
+            "minimal techno groove with rolling bass",
+            Length::Bars(4.0),
+            124.0,
+            5,
+        ),
+    ];
+    for (prompt, length, tempo, seed) in takes {
+        instance.host.publish(Some(tempo), Some(4), Some(4));
+        {
+            let mut s = instance.session.write();
+            s.settings.prompt = prompt.into();
+            s.settings.model = ModelSource::Local {
+                path: model.clone().into(),
+            };
+            s.settings.precision = Precision::F32;
+            s.settings.device = DeviceChoice::Cpu;
+            s.settings.length = length;
+            s.settings.seed = Some(seed);
+            s.settings.data_folder = Some(data.clone().into());
+        }
+        let id = instance.generate().expect("queued");
+        loop {
+            let job = instance
+                .jobs()
+                .into_iter()
+                .find(|j| j.take_id == id)
+                .unwrap();
+            match job.stage() {
+                JobStage::Done => break,
+                s if s.finished() => panic!("{s:?}"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+    instance.session.write().settings.prompt = "dusty boom-bap drums, 90 bpm".into();
+    instance.session.write().settings.length = Length::Bars(4.0);
+    instance.session.write().settings.seed = None;
+    println!("{}", instance.session.read().to_document());
+}
