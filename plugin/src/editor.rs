@@ -174,6 +174,16 @@ impl ParamWrite for HostParams {
     }
 }
 
+/// The editor window's Xlib display, for releasing its pointer grab when a
+/// drag starts.
+fn xlib_display(frame: &nice_plug_egui::Frame) -> Option<usize> {
+    use raw_window_handle::{HasDisplayHandle, RawDisplayHandle};
+    match frame.baseview_window().display_handle().ok()?.as_raw() {
+        RawDisplayHandle::Xlib(h) => h.display.map(|d| d.as_ptr() as usize),
+        _ => None,
+    }
+}
+
 struct App {
     instance: Arc<Instance>,
     params: Arc<PromptloopParams>,
@@ -186,7 +196,7 @@ impl NiceEguiApp for App {
         &mut self,
         egui_ctx: egui::Context,
         nice_gui_ctx: GuiContext,
-        _frame: &mut nice_plug_egui::Frame,
+        frame: &mut nice_plug_egui::Frame,
     ) -> Result<(), nice_plug_egui::baseview::HandlerError> {
         OPEN.fetch_add(1, Ordering::AcqRel);
         egui_ctx.set_theme(egui::Theme::Dark);
@@ -197,7 +207,7 @@ impl NiceEguiApp for App {
         self.model = Some(EditorModel::new(
             self.instance.clone(),
             Box::new(params),
-            crate::dragdrop::platform_drag(),
+            crate::dragdrop::platform_drag(xlib_display(frame)),
         ));
         Ok(())
     }
