@@ -3,55 +3,10 @@
 //! with status 0 soon after SIGINT.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use host_tests::workspace;
-
-/// A private X server for the test (Xvfb), killed on drop.
-struct Xvfb {
-    child: Child,
-    display: String,
-}
-
-impl Xvfb {
-    fn start() -> Self {
-        for n in 0..20 {
-            let number = 90 + (std::process::id() as usize + n * 7) % 400;
-            if PathBuf::from(format!("/tmp/.X11-unix/X{number}")).exists() {
-                continue;
-            }
-            let display = format!(":{number}");
-            let mut child = Command::new("Xvfb")
-                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("Xvfb runs (apt-get install xvfb; .ci/run installs it)");
-            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-            let t0 = Instant::now();
-            while !socket.exists() && t0.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if socket.exists() {
-                return Self { child, display };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("could not start Xvfb");
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use host_tests::{workspace, Xvfb};
 
 fn window_named(display: &str, name: &str) -> bool {
     Command::new("xdotool")

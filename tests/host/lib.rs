@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clack_extensions::gui::{GuiApiType, GuiConfiguration, PluginGui};
 use clack_extensions::params::{ParamInfoBuffer, PluginParams};
 use clack_extensions::state::PluginState;
 use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, TransportEvent};
@@ -76,12 +77,33 @@ impl<'a> SharedHandler<'a> for TestShared<'a> {
     }
 }
 
+impl clack_extensions::gui::HostGuiImpl for TestShared<'_> {
+    fn resize_hints_changed(&self) {}
+    fn request_resize(
+        &self,
+        _new_size: clack_extensions::gui::GuiSize,
+    ) -> Result<(), clack_host::prelude::HostError> {
+        Ok(())
+    }
+    fn request_show(&self) -> Result<(), clack_host::prelude::HostError> {
+        Ok(())
+    }
+    fn request_hide(&self) -> Result<(), clack_host::prelude::HostError> {
+        Ok(())
+    }
+    fn closed(&self, _was_destroyed: bool) {}
+}
+
 pub struct TestHost;
 
 impl HostHandlers for TestHost {
     type Shared<'a> = TestShared<'a>;
     type MainThread<'a> = ();
     type AudioProcessor<'a> = ();
+
+    fn declare_extensions(builder: &mut HostExtensions<Self>, _shared: &Self::Shared<'_>) {
+        builder.register::<clack_extensions::gui::HostGui>();
+    }
 }
 
 /// What the host's transport says during a block.
@@ -416,6 +438,45 @@ impl PluginUnderTest {
         }
     }
 
+    /// Opens the editor embedded in the X11 window `parent` (CLAP's gui
+    /// extension), as a Linux DAW does; returns the size the plugin asked for.
+    pub fn open_editor_x11(&mut self, parent: u32) -> (u32, u32) {
+        let gui: PluginGui = self
+            .instance
+            .plugin_shared_handle()
+            .get_extension()
+            .expect("the gui extension");
+        let handle = self.instance.plugin_handle();
+        let config = GuiConfiguration {
+            api_type: GuiApiType::X11,
+            is_floating: false,
+        };
+        assert!(gui.is_api_supported(&handle, config), "X11 embedding");
+        gui.create(&handle, config).expect("the editor is created");
+        let size = gui.get_size(&handle).expect("a size");
+        // SAFETY: `parent` is a live window of the test's X connection.
+        unsafe {
+            gui.set_parent(
+                &handle,
+                clack_extensions::gui::Window::from_x11_handle(parent as _),
+            )
+        }
+        .expect("the editor embeds");
+        gui.show(&handle).expect("the editor shows");
+        (size.width, size.height)
+    }
+
+    /// Closes the editor opened by `open_editor_x11`.
+    pub fn close_editor(&mut self) {
+        let gui: PluginGui = self
+            .instance
+            .plugin_shared_handle()
+            .get_extension()
+            .expect("the gui extension");
+        let handle = self.instance.plugin_handle();
+        gui.destroy(&handle);
+    }
+
     /// The plugin's parameters: `(id, name, min, max, default)`.
     pub fn params(&mut self) -> Vec<(u32, String, f64, f64, f64)> {
         let params: PluginParams = self
@@ -548,4 +609,49 @@ pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
     let rate = r.spec().sample_rate;
     let samples = r.samples::<f32>().map(|s| s.unwrap()).collect();
     (samples, rate)
+}
+
+/// A private X server for the test (Xvfb), killed on drop.
+pub struct Xvfb {
+    child: std::process::Child,
+    pub display: String,
+}
+
+impl Xvfb {
+    pub fn start() -> Self {
+        for n in 0..20 {
+            let number = 90 + (std::process::id() as usize + n * 7) % 400;
+            if PathBuf::from(format!("/tmp/.X11-unix/X{number}")).exists() {
+                continue;
+            }
+            let display = format!(":{number}");
+            let mut child = std::process::Command::new("Xvfb")
+                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("Xvfb runs (apt-get install xvfb; .ci/run installs it)");
+            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
+            let t0 = Instant::now();
+            while !socket.exists() && t0.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if socket.exists() {
+                return Self { child, display };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
