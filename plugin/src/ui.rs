@@ -68,8 +68,18 @@ impl EditorModel {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Activity {
     Idle,
-    Downloading { file: String, fraction: f32 },
-    Generating { fraction: f32, text: String },
+    Downloading {
+        file: String,
+        fraction: f32,
+    },
+    Generating {
+        fraction: f32,
+        text: String,
+    },
+    /// A take finished in the last few seconds.
+    Done {
+        seconds: f64,
+    },
     Error(String),
 }
 
@@ -127,8 +137,17 @@ pub fn activity(instance: &Instance) -> Activity {
         }
         return Activity::Generating { fraction, text };
     }
-    match instance.session.read().last_error.clone() {
-        Some(e) => Activity::Error(e),
+    if let Some(e) = instance.session.read().last_error.clone() {
+        return Activity::Error(e);
+    }
+    let recent = instance.jobs().into_iter().rev().find_map(|j| {
+        let p = j.progress.lock().clone();
+        let finished = p.finished_at?;
+        (p.stage == JobStage::Done && finished.elapsed().as_secs_f64() < 8.0)
+            .then(|| (finished - p.started_at.unwrap_or(p.queued_at)).as_secs_f64())
+    });
+    match recent {
+        Some(seconds) => Activity::Done { seconds },
         None => Activity::Idle,
     }
 }
@@ -432,6 +451,12 @@ fn draw_generate(ui: &mut Ui, model: &mut EditorModel) {
         Activity::Generating { fraction, text } => {
             ui.add(egui::ProgressBar::new(fraction).text(text));
         }
+        Activity::Done { seconds } => {
+            ui.colored_label(
+                Color32::from_rgb(0x60, 0xc0, 0x70),
+                format!("Done in {seconds:.1} s: the new take is selected below."),
+            );
+        }
         Activity::Error(e) => {
             ui.colored_label(Color32::LIGHT_RED, format!("Error: {e}"));
             ui.label(advice(&e));
@@ -576,6 +601,13 @@ fn draw_takes(ui: &mut Ui, model: &mut EditorModel) {
                 {
                     model.instance.select(Some(&m.id));
                     model.params.set_mode(PlayMode::Midi);
+                }
+                if ui
+                    .button("Use seed")
+                    .on_hover_text("Make the next takes with this seed")
+                    .clicked()
+                {
+                    model.instance.session.write().settings.seed = Some(m.request.seed);
                 }
                 if ui.button("Regenerate").clicked() {
                     if let Err(e) = model.instance.regenerate(&m.id) {

@@ -120,6 +120,9 @@ fn type_generate_watch_preview_and_delete() {
     });
     assert!(saw_progress, "progress was shown while generating");
     h.get_by_label("dusty boom-bap drums");
+    step_until(&mut h, "done is shown", |h| {
+        h.query_by_label_contains("Done in").is_some()
+    });
     h.get_by_label_contains("8.00 s");
     h.get_by_label_contains("seed ");
 
@@ -133,6 +136,13 @@ fn type_generate_watch_preview_and_delete() {
     h.run();
     let sent = audio.pop().expect("a command for the audio thread");
     assert!(matches!(sent, AudioCommand::Preview(_)), "preview sent");
+
+    // The take's seed can be reused.
+    let seed = instance.session.read().takes[0].meta.request.seed;
+    h.get_by_label("Use seed").click();
+    h.run();
+    assert_eq!(instance.session.read().settings.seed, Some(seed));
+    h.get_by_label_contains(&format!("seed {seed}"));
 
     // Loop selects the take and switches the play mode.
     h.get_by_label("Loop").click();
