@@ -475,14 +475,19 @@ fn draw_generate(ui: &mut Ui, model: &mut EditorModel) {
     }
 }
 
+/// Min/max per column, scaled so the loudest sample reaches the edge (quiet
+/// takes stay readable).
 fn waveform(samples: &[f32], columns: usize) -> Vec<(f32, f32)> {
     let columns = columns.max(1);
     let per = samples.len().div_ceil(columns).max(1);
+    let peak = samples.iter().fold(0.0f32, |p, s| p.max(s.abs())).max(1e-6);
     samples
         .chunks(per)
         .map(|c| {
-            c.iter()
-                .fold((0.0f32, 0.0f32), |(lo, hi), &s| (lo.min(s), hi.max(s)))
+            let (lo, hi) = c
+                .iter()
+                .fold((0.0f32, 0.0f32), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+            (lo / peak, hi / peak)
         })
         .collect()
 }
