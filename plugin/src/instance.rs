@@ -546,7 +546,6 @@ impl Instance {
 /// `duration`: the host tests check that `process()` runs on regardless.
 pub fn hold_all_locks(duration: std::time::Duration) {
     let all = INSTANCES.lock();
-    let _workers = crate::workers::lock_registry();
     let live: Vec<Arc<Instance>> = all.iter().filter_map(Weak::upgrade).collect();
     let jobs: Vec<Arc<Job>> = live.iter().flat_map(|i| i.jobs.lock().clone()).collect();
     let guards: Vec<_> = live
@@ -562,7 +561,10 @@ pub fn hold_all_locks(duration: std::time::Duration) {
         })
         .collect();
     let progress: Vec<_> = jobs.iter().map(|j| j.progress.lock()).collect();
+    // Last: `activate` takes an instance's `workers` lock before the registry's.
+    let registry = crate::workers::lock_registry();
     std::thread::sleep(duration);
+    drop(registry);
     drop(progress);
     drop(guards);
 }
