@@ -41,6 +41,9 @@ pub struct EditorModel {
     /// A short message about the last action (copied, revealed, purged...).
     pub notice: Option<String>,
     waveforms: HashMap<String, Vec<(f32, f32)>>,
+    /// The picked hub model's size in the cache, read at most every few
+    /// seconds (the window redraws 20 times a second).
+    on_disk: Option<(String, std::time::Instant, Option<u64>)>,
 }
 
 impl EditorModel {
@@ -60,6 +63,7 @@ impl EditorModel {
             local_path,
             notice: None,
             waveforms: HashMap::new(),
+            on_disk: None,
         }
     }
 }
@@ -270,7 +274,15 @@ fn draw_model(ui: &mut Ui, model: &mut EditorModel) {
     match &current {
         ModelSource::Hub { id, .. } => {
             let size = HUB_MODELS.iter().find(|m| m.0 == id).map_or(0.0, |m| m.2);
-            let text = match hub_model_on_disk(id) {
+            let fresh = model.on_disk.as_ref().is_some_and(|(cached, at, _)| {
+                cached == id && at.elapsed() < std::time::Duration::from_secs(3)
+            });
+            if !fresh {
+                model.on_disk =
+                    Some((id.clone(), std::time::Instant::now(), hub_model_on_disk(id)));
+            }
+            let on_disk = model.on_disk.as_ref().and_then(|c| c.2);
+            let text = match on_disk {
                 Some(bytes) => format!("Downloaded ({:.1} GB)", bytes as f64 / 1e9),
                 None => format!("Not downloaded yet: about {size:.1} GB on first use"),
             };

@@ -315,11 +315,7 @@ impl PluginUnderTest {
     }
 
     pub fn save_state(&mut self) -> Vec<u8> {
-        let state: PluginState = self
-            .instance
-            .plugin_shared_handle()
-            .get_extension()
-            .expect("the state extension");
+        let state: PluginState = self.extension("state");
         let mut buf = Vec::new();
         state
             .save(&self.instance.plugin_handle(), &mut buf)
@@ -328,11 +324,7 @@ impl PluginUnderTest {
     }
 
     pub fn load_state(&mut self, bytes: &[u8]) -> bool {
-        let state: PluginState = self
-            .instance
-            .plugin_shared_handle()
-            .get_extension()
-            .expect("the state extension");
+        let state: PluginState = self.extension("state");
         let mut reader = bytes;
         let ok = state
             .load(&self.instance.plugin_handle(), &mut reader)
@@ -438,14 +430,25 @@ impl PluginUnderTest {
         }
     }
 
+    /// One of the plugin's extensions, which the test needs it to have.
+    fn extension<
+        E: clack_host::extensions::Extension<
+            ExtensionSide = clack_host::extensions::PluginExtensionSide,
+        >,
+    >(
+        &self,
+        what: &str,
+    ) -> E {
+        self.instance
+            .plugin_shared_handle()
+            .get_extension()
+            .unwrap_or_else(|| panic!("the plugin has no {what} extension"))
+    }
+
     /// Opens the editor embedded in the X11 window `parent` (CLAP's gui
     /// extension), as a Linux DAW does; returns the size the plugin asked for.
     pub fn open_editor_x11(&mut self, parent: u32) -> (u32, u32) {
-        let gui: PluginGui = self
-            .instance
-            .plugin_shared_handle()
-            .get_extension()
-            .expect("the gui extension");
+        let gui: PluginGui = self.extension("gui");
         let handle = self.instance.plugin_handle();
         let config = GuiConfiguration {
             api_type: GuiApiType::X11,
@@ -468,22 +471,14 @@ impl PluginUnderTest {
 
     /// Closes the editor opened by `open_editor_x11`.
     pub fn close_editor(&mut self) {
-        let gui: PluginGui = self
-            .instance
-            .plugin_shared_handle()
-            .get_extension()
-            .expect("the gui extension");
+        let gui: PluginGui = self.extension("gui");
         let handle = self.instance.plugin_handle();
         gui.destroy(&handle);
     }
 
     /// The plugin's parameters: `(id, name, min, max, default)`.
     pub fn params(&mut self) -> Vec<(u32, String, f64, f64, f64)> {
-        let params: PluginParams = self
-            .instance
-            .plugin_shared_handle()
-            .get_extension()
-            .expect("the params extension");
+        let params: PluginParams = self.extension("params");
         let handle = self.instance.plugin_handle();
         let mut buffer = ParamInfoBuffer::new();
         (0..params.count(&handle))
