@@ -1,28 +1,256 @@
 //! Dragging a take's file out of the editor onto a DAW track. Which file and
 //! when it is written is platform-free (`export`, called before the drag
-//! starts); starting the system's drag is per platform:
+//! starts, tested on every platform); starting the system's drag is per
+//! platform and kept small:
 //!
 //! - Linux (X11): an XDND source offering `text/uri-list`, on an X connection
 //!   of its own with a small input-only window, after releasing the pointer
 //!   grab the editor's connection (baseview's) holds from the button press.
-//! - Windows (OLE `DoDragDrop` with `CF_HDROP`) and macOS (`NSDraggingSource`
-//!   with a file URL) are not written yet: there the editor offers "Copy path"
-//!   and "Reveal file", and the drag handle says so.
+//! - Windows: OLE `DoDragDrop` with the shell's data object for the file
+//!   (`CF_HDROP` among its formats), through the `drag` crate. `DoDragDrop`
+//!   runs a modal message loop that would redraw the editor while egui is
+//!   still inside this frame, so it starts from a thread timer once the frame
+//!   has returned.
+//! - macOS: an `NSDraggingSession` with a file URL and an `NSDraggingSource`,
+//!   through the `drag` crate. The session is not modal: it starts at once.
+//!
+//! A drag that fails says why in the editor (`FileDrag::take_error`).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::ui::FileDrag;
 
-/// The drag source of this platform, if it has one. `display` is the editor
-/// window's Xlib display (from its raw display handle), whose pointer grab is
-/// released when a drag starts.
-pub fn platform_drag(display: Option<usize>) -> Option<Box<dyn FileDrag>> {
+/// The editor window's native handles, as addresses so they can be kept in
+/// the (`Send`) editor model. Only used on the editor's thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NativeWindow {
+    /// The Xlib display of the editor's X11 connection (Linux).
+    pub xlib_display: Option<usize>,
+    /// The editor's X11 window (Linux).
+    pub x11_window: Option<u32>,
+    /// The editor's `HWND` (Windows).
+    pub hwnd: Option<isize>,
+    /// The editor's `NSView` (macOS).
+    pub ns_view: Option<usize>,
+}
+
+impl NativeWindow {
+    /// The handles of a live window.
+    pub fn of<W>(window: &W) -> Self
+    where
+        W: raw_window_handle::HasWindowHandle + raw_window_handle::HasDisplayHandle + ?Sized,
+    {
+        use raw_window_handle::{RawDisplayHandle, RawWindowHandle};
+        let mut native = Self::default();
+        if let Ok(d) = window.display_handle() {
+            if let RawDisplayHandle::Xlib(h) = d.as_raw() {
+                native.xlib_display = h.display.map(|d| d.as_ptr() as usize);
+            }
+        }
+        if let Ok(w) = window.window_handle() {
+            match w.as_raw() {
+                // X11 ids are 29 bits; `c_ulong` is 64 bits on Linux, 32 on Windows.
+                #[allow(clippy::unnecessary_cast)]
+                RawWindowHandle::Xlib(h) => native.x11_window = Some(h.window as u32),
+                RawWindowHandle::Xcb(h) => native.x11_window = Some(h.window.get()),
+                RawWindowHandle::Win32(h) => native.hwnd = Some(h.hwnd.get()),
+                RawWindowHandle::AppKit(h) => native.ns_view = Some(h.ns_view.as_ptr() as usize),
+                _ => {}
+            }
+        }
+        native
+    }
+}
+
+/// Where a drag running after `start` returned leaves its error for the
+/// editor to show.
+#[derive(Clone, Default)]
+pub struct DragErrors(Arc<Mutex<Option<String>>>);
+
+impl DragErrors {
+    pub fn set(&self, error: String) {
+        *self.0.lock() = Some(error);
+    }
+
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().take()
+    }
+}
+
+/// The drag source of this platform, if it has one and the window gives what
+/// it needs.
+pub fn platform_drag(window: NativeWindow) -> Option<Box<dyn FileDrag>> {
     #[cfg(target_os = "linux")]
     {
-        Some(Box::new(xdnd::XdndSource { display }))
+        Some(Box::new(xdnd::XdndSource {
+            display: window.xlib_display,
+            window: window.x11_window,
+            errors: DragErrors::default(),
+        }))
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
     {
-        let _ = display;
+        window.hwnd.map(|hwnd| {
+            Box::new(ole::OleSource {
+                hwnd,
+                errors: DragErrors::default(),
+            }) as Box<dyn FileDrag>
+        })
+    }
+    #[cfg(target_os = "macos")]
+    {
+        window
+            .ns_view
+            .map(|ns_view| Box::new(appkit::AppKitSource { ns_view }) as Box<dyn FileDrag>)
+    }
+    #[cfg(not(any(target_os = "linux", windows, target_os = "macos")))]
+    {
+        let _ = window;
         None
+    }
+}
+
+/// The picture under the pointer while a take is dragged (Windows, macOS).
+#[cfg(any(windows, target_os = "macos"))]
+const DRAG_ICON: &[u8] = include_bytes!("../../assets/drag-icon.png");
+
+/// A raw window handle lent to the `drag` crate for one call.
+#[cfg(any(windows, target_os = "macos"))]
+struct LentWindow(raw_window_handle::RawWindowHandle);
+
+#[cfg(any(windows, target_os = "macos"))]
+impl raw_window_handle::HasWindowHandle for LentWindow {
+    fn window_handle(
+        &self,
+    ) -> Result<raw_window_handle::WindowHandle<'_>, raw_window_handle::HandleError> {
+        // SAFETY: the handle is the editor's window, alive while the editor
+        // is open; it is lent only for a call made on the editor's thread.
+        Ok(unsafe { raw_window_handle::WindowHandle::borrow_raw(self.0) })
+    }
+}
+
+/// Starts the `drag` crate's drag of `paths` from `window`. Its platform code
+/// has `expect`s; a panic must not unwind into the host.
+#[cfg(any(windows, target_os = "macos"))]
+fn start_system_drag(
+    window: raw_window_handle::RawWindowHandle,
+    paths: Vec<std::path::PathBuf>,
+) -> Result<(), String> {
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drag::start_drag(
+            &LentWindow(window),
+            drag::DragItem::Files(paths),
+            drag::Image::Raw(DRAG_ICON.to_vec()),
+            |_result, _position| {},
+            drag::Options::default(),
+        )
+    }));
+    match started {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("The drag could not start ({e}): use Copy path")),
+        Err(_) => Err("The drag could not start: use Copy path".into()),
+    }
+}
+
+#[cfg(windows)]
+mod ole {
+    //! OLE drag and drop. `DoDragDrop` blocks in its own message loop until
+    //! the drop; it must not run inside baseview's window procedure.
+
+    use std::cell::RefCell;
+    use std::num::NonZeroIsize;
+    use std::path::PathBuf;
+
+    use raw_window_handle::{RawWindowHandle, Win32WindowHandle};
+    use windows_sys::Win32::Foundation::HWND;
+    use windows_sys::Win32::UI::WindowsAndMessaging::{KillTimer, SetTimer};
+
+    use super::DragErrors;
+    use crate::ui::FileDrag;
+
+    pub struct OleSource {
+        pub hwnd: isize,
+        pub errors: DragErrors,
+    }
+
+    struct Pending {
+        hwnd: isize,
+        paths: Vec<PathBuf>,
+        errors: DragErrors,
+    }
+
+    thread_local! {
+        /// The drag waiting for the timer, on the editor's (the host's GUI) thread.
+        static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+    }
+
+    impl FileDrag for OleSource {
+        fn start(&mut self, paths: Vec<PathBuf>) -> Result<(), String> {
+            PENDING.with(|p| {
+                *p.borrow_mut() = Some(Pending {
+                    hwnd: self.hwnd,
+                    paths,
+                    errors: self.errors.clone(),
+                })
+            });
+            // SAFETY: a thread timer (no window) with a callback; it fires
+            // from the host's message loop on this thread.
+            let id = unsafe { SetTimer(std::ptr::null_mut(), 0, 0, Some(start_pending)) };
+            if id == 0 {
+                PENDING.with(|p| p.borrow_mut().take());
+                return Err("The drag could not start: use Copy path".into());
+            }
+            Ok(())
+        }
+
+        fn take_error(&mut self) -> Option<String> {
+            self.errors.take()
+        }
+    }
+
+    unsafe extern "system" fn start_pending(_hwnd: HWND, _msg: u32, id: usize, _time: u32) {
+        // SAFETY: the timer this callback was set with, on this thread.
+        unsafe { KillTimer(std::ptr::null_mut(), id) };
+        let Some(pending) = PENDING.with(|p| p.borrow_mut().take()) else {
+            return;
+        };
+        let Some(hwnd) = NonZeroIsize::new(pending.hwnd) else {
+            return;
+        };
+        let window = RawWindowHandle::Win32(Win32WindowHandle::new(hwnd));
+        if let Err(e) = super::start_system_drag(window, pending.paths) {
+            pending.errors.set(e);
+        }
+    }
+}
+
+#[cfg(target_os = "macos")]
+mod appkit {
+    //! An `NSDraggingSession` from the editor's view; AppKit runs it from
+    //! the main run loop after this returns.
+
+    use std::path::PathBuf;
+    use std::ptr::NonNull;
+
+    use raw_window_handle::{AppKitWindowHandle, RawWindowHandle};
+
+    use crate::ui::FileDrag;
+
+    pub struct AppKitSource {
+        pub ns_view: usize,
+    }
+
+    impl FileDrag for AppKitSource {
+        fn start(&mut self, paths: Vec<PathBuf>) -> Result<(), String> {
+            let view = NonNull::new(self.ns_view as *mut std::ffi::c_void)
+                .ok_or("The drag could not start: use Copy path")?;
+            super::start_system_drag(
+                RawWindowHandle::AppKit(AppKitWindowHandle::new(view)),
+                paths,
+            )
+        }
     }
 }
 
@@ -36,14 +264,16 @@ pub mod xdnd {
 
     use x11rb::connection::Connection;
     use x11rb::protocol::xproto::{
-        Atom, AtomEnum, ClientMessageEvent, ConnectionExt, CreateWindowAux, EventMask, GrabMode,
-        GrabStatus, PropMode, SelectionNotifyEvent, Window, WindowClass, SELECTION_NOTIFY_EVENT,
+        Atom, AtomEnum, ButtonReleaseEvent, ClientMessageEvent, ConnectionExt, CreateWindowAux,
+        EventMask, GrabMode, GrabStatus, KeyButMask, PropMode, SelectionNotifyEvent, Window,
+        WindowClass, BUTTON_RELEASE_EVENT, SELECTION_NOTIFY_EVENT,
     };
     use x11rb::protocol::Event;
     use x11rb::rust_connection::RustConnection;
     use x11rb::wrapper::ConnectionExt as _;
     use x11rb::{COPY_DEPTH_FROM_PARENT, CURRENT_TIME, NONE};
 
+    use super::DragErrors;
     use crate::ui::FileDrag;
 
     const XDND_VERSION: u32 = 5;
@@ -53,6 +283,9 @@ pub mod xdnd {
     pub struct XdndSource {
         /// The editor's Xlib display, as an address.
         pub display: Option<usize>,
+        /// The editor's window, told of the button release the drag took.
+        pub window: Option<u32>,
+        pub errors: DragErrors,
     }
 
     impl FileDrag for XdndSource {
@@ -61,15 +294,21 @@ pub mod xdnd {
                 release_grab(display);
             }
             let uris = crate::export::uri_list(&paths);
+            let errors = self.errors.clone();
+            let editor = self.window;
             std::thread::Builder::new()
                 .name("promptloop-drag".into())
                 .spawn(move || {
-                    if let Err(e) = run_drag(None, &uris, Duration::from_secs(2)) {
-                        nice_plug::nice_log!("drag failed: {e}");
+                    if let Err(e) = run_drag(None, &uris, Duration::from_secs(2), editor) {
+                        errors.set(format!("The drag failed ({e}): use Copy path"));
                     }
                 })
-                .map_err(|e| format!("cannot start the drag: {e}"))?;
+                .map_err(|e| format!("The drag could not start ({e}): use Copy path"))?;
             Ok(())
+        }
+
+        fn take_error(&mut self) -> Option<String> {
+            self.errors.take()
         }
     }
 
@@ -133,11 +372,15 @@ pub mod xdnd {
     /// Runs one drag from the pointer's current position until the button is
     /// released: offers `uris` (a `text/uri-list`) to the XDND-aware window
     /// under the pointer. `display`: `None` for `$DISPLAY`. `grab_wait`: how
-    /// long to retry grabbing the pointer. Returns whether a target took it.
+    /// long to retry grabbing the pointer. `editor`: the window the drag
+    /// started from; the button release went to the drag's grab instead, so
+    /// it is sent one, or it would think the button is still held. Returns
+    /// whether a target took the drop.
     pub fn run_drag(
         display: Option<&str>,
         uris: &str,
         grab_wait: Duration,
+        editor: Option<Window>,
     ) -> Result<bool, String> {
         let (conn, screen) = x11rb::connect(display).map_err(err)?;
         let root = conn.setup().roots[screen].root;
@@ -190,8 +433,39 @@ pub mod xdnd {
         let result = drag_loop(&conn, root, source, &atoms, uris);
         let _ = conn.ungrab_pointer(CURRENT_TIME);
         let _ = conn.destroy_window(source);
+        if let Some(editor) = editor {
+            let _ = send_release(&conn, root, editor);
+        }
         let _ = conn.flush();
         result
+    }
+
+    /// Sends `window` (to the client that made it) a release of button 1 at
+    /// the pointer.
+    fn send_release(conn: &RustConnection, root: Window, window: Window) -> Result<(), String> {
+        let p = conn
+            .query_pointer(window)
+            .map_err(err)?
+            .reply()
+            .map_err(err)?;
+        let event = ButtonReleaseEvent {
+            response_type: BUTTON_RELEASE_EVENT,
+            detail: 1,
+            sequence: 0,
+            time: CURRENT_TIME,
+            root,
+            event: window,
+            child: NONE,
+            root_x: p.root_x,
+            root_y: p.root_y,
+            event_x: p.win_x,
+            event_y: p.win_y,
+            state: KeyButMask::BUTTON1,
+            same_screen: true,
+        };
+        conn.send_event(false, window, EventMask::NO_EVENT, event)
+            .map_err(err)?;
+        conn.flush().map_err(err)
     }
 
     fn send(

@@ -20,6 +20,7 @@ use nice_plug_egui::{
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use crate::dragdrop::NativeWindow;
 use crate::instance::Instance;
 use crate::player::PlayMode;
 use crate::ui::{EditorModel, ParamWrite};
@@ -174,16 +175,6 @@ impl ParamWrite for HostParams {
     }
 }
 
-/// The editor window's Xlib display, for releasing its pointer grab when a
-/// drag starts.
-fn xlib_display(frame: &nice_plug_egui::Frame) -> Option<usize> {
-    use raw_window_handle::{HasDisplayHandle, RawDisplayHandle};
-    match frame.baseview_window().display_handle().ok()?.as_raw() {
-        RawDisplayHandle::Xlib(h) => h.display.map(|d| d.as_ptr() as usize),
-        _ => None,
-    }
-}
-
 struct App {
     instance: Arc<Instance>,
     params: Arc<PromptloopParams>,
@@ -207,7 +198,7 @@ impl NiceEguiApp for App {
         self.model = Some(EditorModel::new(
             self.instance.clone(),
             Box::new(params),
-            crate::dragdrop::platform_drag(xlib_display(frame)),
+            crate::dragdrop::platform_drag(NativeWindow::of(frame.baseview_window())),
         ));
         Ok(())
     }

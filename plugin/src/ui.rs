@@ -22,6 +22,11 @@ pub trait ParamWrite: Send {
 pub trait FileDrag: Send {
     /// Begins dragging `paths`; returns an error in words when it cannot.
     fn start(&mut self, paths: Vec<PathBuf>) -> Result<(), String>;
+
+    /// An error from a drag that failed after `start` returned.
+    fn take_error(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// The hub models the picker offers, with their download sizes.
@@ -191,6 +196,9 @@ pub fn hub_model_on_disk(id: &str) -> Option<u64> {
 
 /// Draws the whole window.
 pub fn draw(ui: &mut Ui, model: &mut EditorModel) {
+    if let Some(e) = model.drag.as_mut().and_then(|d| d.take_error()) {
+        model.notice = Some(e);
+    }
     egui::ScrollArea::vertical()
         .auto_shrink([false, false])
         .show(ui, |ui| {

@@ -223,9 +223,32 @@ fn a_take_dragged_onto_an_x11_target_arrives_as_a_wav_at_the_host_rate() {
     let target = std::thread::spawn(move || drop_target(display, ready_tx, got_tx));
     ready.recv().unwrap();
 
-    // The producer presses on the take's handle (outside the target)...
+    // The editor's window, where the drag starts. It hears button releases,
+    // as baseview's window does, but the drag's pointer grab will take the
+    // real one.
     let (conn, screen) = x11rb::connect(Some(&x.display)).unwrap();
     let root = conn.setup().roots[screen].root;
+    let editor = conn.generate_id().unwrap();
+    conn.create_window(
+        COPY_DEPTH_FROM_PARENT,
+        editor,
+        root,
+        400,
+        400,
+        400,
+        200,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new()
+            .override_redirect(1)
+            .event_mask(EventMask::BUTTON_RELEASE),
+    )
+    .unwrap();
+    conn.map_window(editor).unwrap();
+    conn.flush().unwrap();
+
+    // The producer presses on the take's handle (outside the target)...
     let fake = |kind: u8, detail: u8, x: i16, y: i16| {
         conn.xtest_fake_input(kind, detail, CURRENT_TIME, root, x, y, 0)
             .unwrap();
@@ -237,8 +260,9 @@ fn a_take_dragged_onto_an_x11_target_arrives_as_a_wav_at_the_host_rate() {
     // ...the drag starts with the file already written...
     let uris = promptloop::export::uri_list(std::slice::from_ref(&path));
     let display = x.display.clone();
-    let source =
-        std::thread::spawn(move || run_drag(Some(&display), &uris, Duration::from_secs(5)));
+    let source = std::thread::spawn(move || {
+        run_drag(Some(&display), &uris, Duration::from_secs(5), Some(editor))
+    });
     std::thread::sleep(Duration::from_millis(300));
     // ...moves over the track and lets go.
     fake(MOTION_NOTIFY_EVENT, 0, 120, 130);
@@ -250,6 +274,25 @@ fn a_take_dragged_onto_an_x11_target_arrives_as_a_wav_at_the_host_rate() {
         .expect("the drop target got the data");
     assert!(source.join().unwrap().unwrap(), "the drop was accepted");
     target.join().unwrap();
+    // The editor was told the button is up.
+    let start = Instant::now();
+    loop {
+        match conn.poll_for_event().unwrap() {
+            Some(Event::ButtonRelease(b)) => {
+                assert_eq!((b.event, b.detail), (editor, 1));
+                assert_eq!((b.event_x, b.event_y), (150 - 400, 160 - 400));
+                break;
+            }
+            Some(_) => {}
+            None => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "the editor never heard the button release"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
     assert!(received.ends_with("\r\n"), "{received:?}");
     let uri = received.lines().next().unwrap();
     let dropped = PathBuf::from(percent_decode(uri.strip_prefix("file://").unwrap()));
