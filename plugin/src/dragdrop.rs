@@ -14,13 +14,15 @@
 //! - macOS: an `NSDraggingSession` with a file URL and an `NSDraggingSource`,
 //!   through the `drag` crate. The session is not modal: it starts at once.
 //!
-//! A drag that fails says why in the editor (`FileDrag::take_error`).
+//! A drag that fails says why in the editor (`FileDrag::take_error`). Every
+//! system drag takes the button release for itself, so each one says when it
+//! has ended (`DragEnded`) and the editor gives egui the release it missed.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::ui::FileDrag;
+use crate::ui::{DragEnded, FileDrag};
 
 /// The editor window's native handles, as addresses so they can be kept in
 /// the (`Send`) editor model. Only used on the editor's thread.
@@ -28,8 +30,6 @@ use crate::ui::FileDrag;
 pub struct NativeWindow {
     /// The Xlib display of the editor's X11 connection (Linux).
     pub xlib_display: Option<usize>,
-    /// The editor's X11 window (Linux).
-    pub x11_window: Option<u32>,
     /// The editor's `HWND` (Windows).
     pub hwnd: Option<isize>,
     /// The editor's `NSView` (macOS).
@@ -51,10 +51,6 @@ impl NativeWindow {
         }
         if let Ok(w) = window.window_handle() {
             match w.as_raw() {
-                // X11 ids are 29 bits; `c_ulong` is 64 bits on Linux, 32 on Windows.
-                #[allow(clippy::unnecessary_cast)]
-                RawWindowHandle::Xlib(h) => native.x11_window = Some(h.window as u32),
-                RawWindowHandle::Xcb(h) => native.x11_window = Some(h.window.get()),
                 RawWindowHandle::Win32(h) => native.hwnd = Some(h.hwnd.get()),
                 RawWindowHandle::AppKit(h) => native.ns_view = Some(h.ns_view.as_ptr() as usize),
                 _ => {}
@@ -80,13 +76,13 @@ impl DragErrors {
 }
 
 /// The drag source of this platform, if it has one and the window gives what
-/// it needs.
-pub fn platform_drag(window: NativeWindow) -> Option<Box<dyn FileDrag>> {
+/// it needs. It sets `ended` when each drag is over.
+pub fn platform_drag(window: NativeWindow, ended: DragEnded) -> Option<Box<dyn FileDrag>> {
     #[cfg(target_os = "linux")]
     {
         Some(Box::new(xdnd::XdndSource {
             display: window.xlib_display,
-            window: window.x11_window,
+            ended,
             errors: DragErrors::default(),
         }))
     }
@@ -95,6 +91,7 @@ pub fn platform_drag(window: NativeWindow) -> Option<Box<dyn FileDrag>> {
         window.hwnd.map(|hwnd| {
             Box::new(ole::OleSource {
                 hwnd,
+                ended,
                 errors: DragErrors::default(),
             }) as Box<dyn FileDrag>
         })
@@ -103,11 +100,11 @@ pub fn platform_drag(window: NativeWindow) -> Option<Box<dyn FileDrag>> {
     {
         window
             .ns_view
-            .map(|ns_view| Box::new(appkit::AppKitSource { ns_view }) as Box<dyn FileDrag>)
+            .map(|ns_view| Box::new(appkit::AppKitSource { ns_view, ended }) as Box<dyn FileDrag>)
     }
     #[cfg(not(any(target_os = "linux", windows, target_os = "macos")))]
     {
-        let _ = window;
+        let _ = (window, ended);
         None
     }
 }
@@ -137,13 +134,14 @@ impl raw_window_handle::HasWindowHandle for LentWindow {
 fn start_system_drag(
     window: raw_window_handle::RawWindowHandle,
     paths: Vec<std::path::PathBuf>,
+    ended: DragEnded,
 ) -> Result<(), String> {
     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         drag::start_drag(
             &LentWindow(window),
             drag::DragItem::Files(paths),
             drag::Image::Raw(DRAG_ICON.to_vec()),
-            |_result, _position| {},
+            move |_result, _position| ended.set(),
             drag::Options::default(),
         )
     }));
@@ -168,16 +166,18 @@ mod ole {
     use windows_sys::Win32::UI::WindowsAndMessaging::{KillTimer, SetTimer};
 
     use super::DragErrors;
-    use crate::ui::FileDrag;
+    use crate::ui::{DragEnded, FileDrag};
 
     pub struct OleSource {
         pub hwnd: isize,
+        pub ended: DragEnded,
         pub errors: DragErrors,
     }
 
     struct Pending {
         hwnd: isize,
         paths: Vec<PathBuf>,
+        ended: DragEnded,
         errors: DragErrors,
     }
 
@@ -192,6 +192,7 @@ mod ole {
                 *p.borrow_mut() = Some(Pending {
                     hwnd: self.hwnd,
                     paths,
+                    ended: self.ended.clone(),
                     errors: self.errors.clone(),
                 })
             });
@@ -220,7 +221,7 @@ mod ole {
             return;
         };
         let window = RawWindowHandle::Win32(Win32WindowHandle::new(hwnd));
-        if let Err(e) = super::start_system_drag(window, pending.paths) {
+        if let Err(e) = super::start_system_drag(window, pending.paths, pending.ended) {
             pending.errors.set(e);
         }
     }
@@ -236,10 +237,11 @@ mod appkit {
 
     use raw_window_handle::{AppKitWindowHandle, RawWindowHandle};
 
-    use crate::ui::FileDrag;
+    use crate::ui::{DragEnded, FileDrag};
 
     pub struct AppKitSource {
         pub ns_view: usize,
+        pub ended: DragEnded,
     }
 
     impl FileDrag for AppKitSource {
@@ -249,6 +251,7 @@ mod appkit {
             super::start_system_drag(
                 RawWindowHandle::AppKit(AppKitWindowHandle::new(view)),
                 paths,
+                self.ended.clone(),
             )
         }
     }
@@ -264,9 +267,8 @@ pub mod xdnd {
 
     use x11rb::connection::Connection;
     use x11rb::protocol::xproto::{
-        Atom, AtomEnum, ButtonReleaseEvent, ClientMessageEvent, ConnectionExt, CreateWindowAux,
-        EventMask, GrabMode, GrabStatus, KeyButMask, PropMode, SelectionNotifyEvent, Window,
-        WindowClass, BUTTON_RELEASE_EVENT, SELECTION_NOTIFY_EVENT,
+        Atom, AtomEnum, ClientMessageEvent, ConnectionExt, CreateWindowAux, EventMask, GrabMode,
+        GrabStatus, PropMode, SelectionNotifyEvent, Window, WindowClass, SELECTION_NOTIFY_EVENT,
     };
     use x11rb::protocol::Event;
     use x11rb::rust_connection::RustConnection;
@@ -274,7 +276,7 @@ pub mod xdnd {
     use x11rb::{COPY_DEPTH_FROM_PARENT, CURRENT_TIME, NONE};
 
     use super::DragErrors;
-    use crate::ui::FileDrag;
+    use crate::ui::{DragEnded, FileDrag};
 
     const XDND_VERSION: u32 = 5;
     /// A drag that has not ended after this long is abandoned.
@@ -283,8 +285,7 @@ pub mod xdnd {
     pub struct XdndSource {
         /// The editor's Xlib display, as an address.
         pub display: Option<usize>,
-        /// The editor's window, told of the button release the drag took.
-        pub window: Option<u32>,
+        pub ended: DragEnded,
         pub errors: DragErrors,
     }
 
@@ -295,11 +296,13 @@ pub mod xdnd {
             }
             let uris = crate::export::uri_list(&paths);
             let errors = self.errors.clone();
-            let editor = self.window;
+            let ended = self.ended.clone();
             std::thread::Builder::new()
                 .name("promptloop-drag".into())
                 .spawn(move || {
-                    if let Err(e) = run_drag(None, &uris, Duration::from_secs(2), editor) {
+                    let result = run_drag(None, &uris, Duration::from_secs(2));
+                    ended.set();
+                    if let Err(e) = result {
                         errors.set(format!("The drag failed ({e}): use Copy path"));
                     }
                 })
@@ -372,15 +375,12 @@ pub mod xdnd {
     /// Runs one drag from the pointer's current position until the button is
     /// released: offers `uris` (a `text/uri-list`) to the XDND-aware window
     /// under the pointer. `display`: `None` for `$DISPLAY`. `grab_wait`: how
-    /// long to retry grabbing the pointer. `editor`: the window the drag
-    /// started from; the button release went to the drag's grab instead, so
-    /// it is sent one, or it would think the button is still held. Returns
-    /// whether a target took the drop.
+    /// long to retry grabbing the pointer. Returns whether a target took the
+    /// drop.
     pub fn run_drag(
         display: Option<&str>,
         uris: &str,
         grab_wait: Duration,
-        editor: Option<Window>,
     ) -> Result<bool, String> {
         let (conn, screen) = x11rb::connect(display).map_err(err)?;
         let root = conn.setup().roots[screen].root;
@@ -433,39 +433,8 @@ pub mod xdnd {
         let result = drag_loop(&conn, root, source, &atoms, uris);
         let _ = conn.ungrab_pointer(CURRENT_TIME);
         let _ = conn.destroy_window(source);
-        if let Some(editor) = editor {
-            let _ = send_release(&conn, root, editor);
-        }
         let _ = conn.flush();
         result
-    }
-
-    /// Sends `window` (to the client that made it) a release of button 1 at
-    /// the pointer.
-    fn send_release(conn: &RustConnection, root: Window, window: Window) -> Result<(), String> {
-        let p = conn
-            .query_pointer(window)
-            .map_err(err)?
-            .reply()
-            .map_err(err)?;
-        let event = ButtonReleaseEvent {
-            response_type: BUTTON_RELEASE_EVENT,
-            detail: 1,
-            sequence: 0,
-            time: CURRENT_TIME,
-            root,
-            event: window,
-            child: NONE,
-            root_x: p.root_x,
-            root_y: p.root_y,
-            event_x: p.win_x,
-            event_y: p.win_y,
-            state: KeyButMask::BUTTON1,
-            same_screen: true,
-        };
-        conn.send_event(false, window, EventMask::NO_EVENT, event)
-            .map_err(err)?;
-        conn.flush().map_err(err)
     }
 
     fn send(

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::dragdrop::NativeWindow;
 use crate::instance::Instance;
 use crate::player::PlayMode;
-use crate::ui::{EditorModel, ParamWrite};
+use crate::ui::{DragEnded, EditorModel, ParamWrite, ReleaseAfterDrag};
 use crate::PromptloopParams;
 
 /// Set by the standalone app's SIGINT handler: open editors close, which ends
@@ -195,10 +195,12 @@ impl NiceEguiApp for App {
             context: nice_gui_ctx,
             params: self.params.clone(),
         };
+        let ended = DragEnded::default();
+        egui_ctx.add_plugin(ReleaseAfterDrag::new(ended.clone()));
         self.model = Some(EditorModel::new(
             self.instance.clone(),
             Box::new(params),
-            crate::dragdrop::platform_drag(NativeWindow::of(frame.baseview_window())),
+            crate::dragdrop::platform_drag(NativeWindow::of(frame.baseview_window()), ended),
         ));
         Ok(())
     }

@@ -29,6 +29,63 @@ pub trait FileDrag: Send {
     }
 }
 
+/// Set by a drag source when its drag is over. The system's drag takes the
+/// button release for itself (XDND's pointer grab, OLE's modal loop, AppKit's
+/// dragging session), so egui never hears it and would think the button is
+/// still held: the next press would start nothing. `ReleaseAfterDrag` gives
+/// egui that release.
+#[derive(Clone, Default)]
+pub struct DragEnded(Arc<std::sync::atomic::AtomicBool>);
+
+impl DragEnded {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a drag ended since the last call.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// An egui plugin: when a drag has ended, releases the primary button at the
+/// pointer's last position, before egui reads the frame's input.
+pub struct ReleaseAfterDrag {
+    ended: DragEnded,
+    last_pos: egui::Pos2,
+}
+
+impl ReleaseAfterDrag {
+    pub fn new(ended: DragEnded) -> Self {
+        Self {
+            ended,
+            last_pos: egui::Pos2::ZERO,
+        }
+    }
+}
+
+impl egui::Plugin for ReleaseAfterDrag {
+    fn debug_name(&self) -> &'static str {
+        "promptloop::ReleaseAfterDrag"
+    }
+
+    fn input_hook(&mut self, _ctx: &egui::Context, input: &mut egui::RawInput) {
+        for event in &input.events {
+            if let egui::Event::PointerMoved(pos) | egui::Event::PointerButton { pos, .. } = event {
+                self.last_pos = *pos;
+            }
+        }
+        if self.ended.take() {
+            input.events.push(egui::Event::PointerButton {
+                pos: self.last_pos,
+                button: egui::PointerButton::Primary,
+                pressed: false,
+                modifiers: egui::Modifiers::NONE,
+            });
+        }
+    }
+}
+
 /// The hub models the picker offers, with their download sizes.
 pub const HUB_MODELS: &[(&str, &str, f64)] = &[
     ("facebook/musicgen-small", "small", 2.4),

@@ -3,6 +3,7 @@
 //! fixture model, watch the progress, see the take appear, preview it, delete it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 use promptloop::instance::Instance;
 use promptloop::player::{AudioCommand, PlayMode};
 use promptloop::session::Length;
-use promptloop::ui::{draw, EditorModel, ParamWrite};
+use promptloop::ui::{draw, DragEnded, EditorModel, FileDrag, ParamWrite, ReleaseAfterDrag};
 
 fn tiny_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-a")
@@ -175,4 +176,91 @@ fn errors_read_in_plain_words_with_what_to_do() {
     h.run();
     h.get_by_label_contains("Error: 32 bars at 120.0 bpm is 64.00 s");
     h.get_by_label("Choose fewer bars, or a length in seconds.");
+}
+
+/// A system drag that takes the button release for itself, as XDND's grab,
+/// OLE's modal loop and AppKit's dragging session do: it counts its starts and
+/// says at once that it has ended.
+struct SwallowingDrag {
+    starts: Arc<AtomicUsize>,
+    ended: DragEnded,
+}
+
+impl FileDrag for SwallowingDrag {
+    fn start(&mut self, paths: Vec<PathBuf>) -> Result<(), String> {
+        assert!(paths[0].exists(), "the file is written before the drag");
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.ended.set();
+        Ok(())
+    }
+}
+
+#[test]
+fn after_a_drag_out_the_next_press_drags_again() {
+    let data = tempfile::tempdir().unwrap();
+    let (instance, _audio, _returns) = Instance::new();
+    instance.activate(48_000);
+    {
+        let mut s = instance.session.write();
+        s.settings.data_folder = Some(data.path().to_path_buf());
+        s.settings.model = ModelSource::Local { path: tiny_model() };
+        s.settings.precision = musicgen::Precision::F32;
+        s.settings.length = Length::Seconds(1.0);
+    }
+    let id = instance.generate().unwrap();
+    let start = Instant::now();
+    while instance
+        .session
+        .read()
+        .take(&id)
+        .is_none_or(|t| t.clip.is_none())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the take is made"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended = DragEnded::default();
+    let starts = Arc::new(AtomicUsize::new(0));
+    let drag = SwallowingDrag {
+        starts: starts.clone(),
+        ended: ended.clone(),
+    };
+    let model = EditorModel::new(
+        instance.clone(),
+        Box::new(TestParams(Arc::new(Mutex::new(PlayMode::Midi)))),
+        Some(Box::new(drag)),
+    );
+    let mut h = Harness::builder()
+        .with_size([620.0, 1400.0])
+        .build_ui_state(draw, model);
+    h.ctx.add_plugin(ReleaseAfterDrag::new(ended));
+    h.run();
+    for round in 1..=3 {
+        let c = h.get_by_label("Drag to a track").rect().center();
+        let send = |h: &mut Harness<'static, EditorModel>, e: egui::Event| {
+            h.input_mut().events.push(e);
+            h.step();
+        };
+        send(&mut h, egui::Event::PointerMoved(c));
+        let press = |pressed| egui::Event::PointerButton {
+            pos: c,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        };
+        send(&mut h, press(true));
+        for dx in [10.0, 20.0, 40.0] {
+            send(&mut h, egui::Event::PointerMoved(c + egui::vec2(dx, 0.0)));
+        }
+        // The system's drag has the pointer: no release reaches egui.
+        h.step();
+        h.step();
+        assert_eq!(starts.load(Ordering::SeqCst), round, "drag {round} started");
+        assert!(
+            !h.ctx.input(|i| i.pointer.any_down()),
+            "after drag {round}, egui knows the button is up"
+        );
+    }
 }
