@@ -110,10 +110,8 @@ impl Editor for PromptloopEditor {
             .and_then(|z| z.parse::<f32>().ok())
             .filter(|z| (0.5..=4.0).contains(z))
             .unwrap_or(1.0);
-        let mut size = *self.size.read();
-        size.width = (size.width as f32 * zoom) as u32;
-        size.height = (size.height as f32 * zoom) as u32;
-        let state = EguiEditorState::from_size(logical(size), zoom);
+        // egui-baseview scales the logical size by the zoom itself.
+        let state = EguiEditorState::from_size(logical(*self.size.read()), zoom);
         let app = App {
             instance: self.instance.clone(),
             params: self.params.clone(),
