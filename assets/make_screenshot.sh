@@ -10,7 +10,7 @@ work=$(mktemp -d)
 trap 'kill $xvfb $app 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build -q -p promptloop --features standalone --bin promptloop-standalone
-cargo run -q -p promptloop --example demo_session -- \
+cargo run -q -p promptloop --features test-hooks --example demo_session -- \
     "$PWD/tests/fixtures/models/tiny-a" "$work/takes" > "$work/session.json"
 
 python=${PYTHON:-target/pyvenv/bin/python}

@@ -11,7 +11,7 @@ use x11rb::COPY_DEPTH_FROM_PARENT;
 
 #[test]
 fn the_editor_embeds_in_the_hosts_window_and_closes() {
-    let x = Xvfb::start();
+    let x = Xvfb::start("1280x1024x24");
     std::env::set_var("DISPLAY", &x.display);
     std::env::set_var("LIBGL_ALWAYS_SOFTWARE", "1");
     // The host's window.

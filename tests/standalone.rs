@@ -28,7 +28,7 @@ fn standalone_opens_its_editor_and_exits_cleanly_on_sigint() {
         "{} is missing: run `cargo xtask test`, which builds it",
         exe.display()
     );
-    let x = Xvfb::start();
+    let x = Xvfb::start("1280x1024x24");
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(&exe)
         .args(["--backend", "dummy", "--sample-rate", "48000"])

@@ -1,13 +1,12 @@
 //! Makes a session with a few takes from a model folder and prints its
 //! document: the state the README's screenshot shows.
 //!
-//! cargo run -p promptloop --example demo_session -- MODEL_DIR DATA_DIR > session.json
+//! cargo run -p promptloop --features test-hooks --example demo_session -- MODEL_DIR DATA_DIR > session.json
 
 use std::time::Duration;
 
 use musicgen::{DeviceChoice, ModelSource, Precision};
-use promptloop::instance::{Instance, JobStage};
-use promptloop::session::Length;
+use promptloop::testing::{Instance, JobStage, Length};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -18,7 +17,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (instance, _audio, _returns) = Instance::new();
+    let (instance, _audio) = Instance::new();
     instance.activate(48_000);
     let takes = [
         (
@@ -37,18 +36,17 @@ fn main() {
     ];
     for (prompt, length, tempo, seed) in takes {
         instance.host.publish(Some(tempo), Some(4), Some(4));
-        {
-            let mut s = instance.session.write();
-            s.settings.prompt = prompt.into();
-            s.settings.model = ModelSource::Local {
+        instance.update_settings(|s| {
+            s.prompt = prompt.into();
+            s.model = ModelSource::Local {
                 path: model.clone().into(),
             };
-            s.settings.precision = Precision::F32;
-            s.settings.device = DeviceChoice::Cpu;
-            s.settings.length = length;
-            s.settings.seed = Some(seed);
-            s.settings.data_folder = Some(data.clone().into());
-        }
+            s.precision = Precision::F32;
+            s.device = DeviceChoice::Cpu;
+            s.length = length;
+            s.seed = Some(seed);
+            s.data_folder = Some(data.clone().into());
+        });
         let id = instance.generate().expect("queued");
         loop {
             let job = instance
@@ -63,8 +61,10 @@ fn main() {
             }
         }
     }
-    instance.session.write().settings.prompt = "dusty boom-bap drums, 90 bpm".into();
-    instance.session.write().settings.length = Length::Bars(4.0);
-    instance.session.write().settings.seed = None;
-    println!("{}", instance.session.read().to_document());
+    instance.update_settings(|s| {
+        s.prompt = "dusty boom-bap drums, 90 bpm".into();
+        s.length = Length::Bars(4.0);
+        s.seed = None;
+    });
+    println!("{}", instance.session().to_document());
 }

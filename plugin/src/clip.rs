@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use crate::take::TakeKey;
+
 /// A take at the host's sample rate, ready for the audio thread. Immutable once
 /// built; shared by `Arc` and always dropped off the audio thread.
 #[derive(Debug)]
 pub struct Clip {
-    /// The take this clip plays (the numeric form of its id).
-    pub take: u64,
+    /// The take this clip plays.
+    pub take: TakeKey,
     /// Mono PCM at `sample_rate`.
     pub samples: Vec<f32>,
     pub sample_rate: u32,
@@ -21,7 +23,7 @@ pub struct Clip {
 
 impl Clip {
     pub fn new(
-        take: u64,
+        take: TakeKey,
         samples: Vec<f32>,
         sample_rate: u32,
         beats: Option<f64>,

@@ -2,13 +2,14 @@
 //! prompt and take id, with the prompt, seed and model in its INFO chunk. This
 //! is what a drag onto a track delivers (written before the drag starts), and
 //! what "Reveal file" and "Copy path" point at. Platform-free; the drag itself
-//! lives in `dragdrop`.
+//! lives in `editor::drag`.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::clip::Clip;
-use crate::session::TakeMeta;
+use crate::error::{PluginError, Result};
+use crate::take::TakeMeta;
 
 /// A file-name-safe short form of a prompt: lowercase words joined by '-'.
 pub fn slug(prompt: &str, max: usize) -> String {
@@ -44,19 +45,17 @@ pub fn export_path(folder: &Path, meta: &TakeMeta, rate: u32) -> PathBuf {
 
 /// Writes (or reuses) the take at the clip's rate in `folder` and returns its
 /// path. The file is complete when this returns.
-pub fn export_take(folder: &Path, meta: &TakeMeta, clip: &Clip) -> Result<PathBuf, String> {
+pub fn export_take(folder: &Path, meta: &TakeMeta, clip: &Clip) -> Result<PathBuf> {
     let path = export_path(folder, meta, clip.sample_rate);
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(folder)
-        .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    std::fs::create_dir_all(folder).map_err(|e| PluginError::file("create", folder, e))?;
     // Write beside, then rename: a drop target never sees half a file.
     let partial = path.with_extension("wav.partial");
     write_with_info(&partial, &clip.samples, clip.sample_rate, &info(meta))
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    std::fs::rename(&partial, &path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|e| PluginError::file("write", &partial, e))?;
+    std::fs::rename(&partial, &path).map_err(|e| PluginError::file("write", &path, e))?;
     Ok(path)
 }
 
@@ -128,6 +127,7 @@ pub fn write_with_info(
 }
 
 /// Reads the INFO entries back (for tests and for checking an export).
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn read_info(path: &Path) -> std::io::Result<Vec<([u8; 4], String)>> {
     let bytes = std::fs::read(path)?;
     let mut out = Vec::new();
@@ -173,6 +173,23 @@ pub fn uri_list(paths: &[PathBuf]) -> String {
     out
 }
 
+/// Opens the folder holding `path` in the system's file manager. Returns
+/// what happened, in words, for the editor.
+pub fn reveal_in_file_manager(path: &Path) -> String {
+    let folder = path.parent().unwrap_or(path);
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if cfg!(target_os = "windows") {
+        "explorer"
+    } else {
+        "xdg-open"
+    };
+    match std::process::Command::new(opener).arg(folder).spawn() {
+        Ok(_) => format!("Opened {}", folder.display()),
+        Err(e) => format!("Cannot open {} ({opener}: {e})", folder.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +220,7 @@ mod tests {
     fn export_is_named_from_the_prompt_and_carries_its_info() {
         let dir = tempfile::tempdir().unwrap();
         let clip = Clip::new(
-            1,
+            crate::take::TakeKey(1),
             (0..24_001).map(|i| (i as f32 * 0.01).sin()).collect(),
             48_000,
             None,

@@ -2,99 +2,56 @@
 //! prompt with Meta's MusicGen (the `musicgen` crate) and plays them in the host:
 //! previewed, looped in time with the song, or triggered from MIDI.
 //!
-//! Threads: the host's audio thread runs `process()` and only pops, renders and
-//! pushes (see `player`); generations run on the process-wide inference worker
-//! and files and resampling on the I/O worker (see `workers`); the editor and the
-//! workers meet in each instance's `Instance`.
+//! A take's journey, module by module (docs/ARCHITECTURE.md has the picture):
+//! asked for in `request` (settings and host tempo to a plan and a job, queued
+//! by the `instance`), computed in `inference` (the shared inference worker and
+//! its model cache), stored and prepared in `store` (WAV files, resampling,
+//! loading) and handed over in `handoff`, then played in `player` (`clip`
+//! holds what it plays). `take` owns the take's types; `session` what an
+//! instance remembers, saved as its `document`; `editor` is the window.
 
 use std::sync::Arc;
 
-use nice_plug::params::persist::PersistentField;
 use nice_plug::prelude::*;
 use serde_json::Value;
 
-pub mod clip;
-pub mod dragdrop;
-pub mod editor;
-pub mod export;
-pub mod instance;
-pub mod player;
-pub mod session;
-pub mod ui;
-pub mod workers;
+mod clip;
+mod editor;
+mod error;
+mod export;
+mod handoff;
+mod host;
+mod inference;
+mod instance;
+mod models;
+mod params;
+mod player;
+mod request;
+mod session;
+mod store;
+mod take;
+mod workers;
 
-use instance::Instance;
-use player::{AudioCommand, ClipPlayer, PlayMode, TransportView};
-use session::STATE_KEY;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
+
+/// What the standalone app needs of the editor (its SIGINT handler).
+pub use editor::request_quit;
+use params::PromptloopParams;
+use player::{ClipPlayer, TransportView};
+use session::document::{self, STATE_KEY};
 
 /// The MIDI note that starts a generation with the current settings (C-2 in
 /// hosts that call middle C "C3"): map it to a pad. Every other note plays the
 /// selected take in MIDI mode.
 pub const GENERATE_NOTE: u8 = 0;
 
+use instance::Instance;
+
 pub struct Promptloop {
     params: Arc<PromptloopParams>,
     instance: Arc<Instance>,
     player: ClipPlayer,
-}
-
-#[derive(Params)]
-pub struct PromptloopParams {
-    /// Output level of everything the plugin plays.
-    #[id = "gain"]
-    pub gain: FloatParam,
-    /// How the selected take plays: from MIDI notes, or looped with the song.
-    #[id = "mode"]
-    pub mode: EnumParam<PlayMode>,
-    /// The session document: settings, takes and selection (see `session`).
-    #[persist = "promptloop"]
-    pub session: SessionField,
-    /// The editor window's size.
-    #[persist = "editor-size"]
-    pub editor_size: Arc<parking_lot::RwLock<editor::WindowSize>>,
-}
-
-/// The persisted session document of one instance.
-pub struct SessionField(Arc<Instance>);
-
-impl<'a> PersistentField<'a, Value> for SessionField {
-    fn set(&self, mut doc: Value) {
-        session::migrate(&mut doc);
-        self.0.session.write().load_document(&doc);
-        // The old project's clip stops; the new takes load off the audio thread.
-        self.0.send_audio(AudioCommand::Select(None));
-        self.0.reload_takes();
-    }
-
-    fn map<F, R>(&self, f: F) -> R
-    where
-        F: Fn(&Value) -> R,
-    {
-        f(&self.0.session.read().to_document())
-    }
-}
-
-impl PromptloopParams {
-    fn new(instance: Arc<Instance>) -> Self {
-        Self {
-            gain: FloatParam::new(
-                "Gain",
-                util::db_to_gain(0.0),
-                FloatRange::Skewed {
-                    min: util::db_to_gain(-60.0),
-                    max: util::db_to_gain(12.0),
-                    factor: FloatRange::gain_skew_factor(-60.0, 12.0),
-                },
-            )
-            .with_smoother(SmoothingStyle::Logarithmic(20.0))
-            .with_unit(" dB")
-            .with_value_to_string(formatters::v2s_f32_gain_to_db(1))
-            .with_string_to_value(formatters::s2v_f32_gain_to_db()),
-            mode: EnumParam::new("Play mode", PlayMode::Midi),
-            session: SessionField(instance),
-            editor_size: Arc::new(parking_lot::RwLock::new(editor::default_size())),
-        }
-    }
 }
 
 /// A session document the standalone app starts with (its `--session` file,
@@ -104,24 +61,17 @@ pub static STANDALONE_SESSION: std::sync::OnceLock<Value> = std::sync::OnceLock:
 impl Default for Promptloop {
     fn default() -> Self {
         // No thread, no I/O, no model: hosts construct plugins while scanning.
-        let (instance, commands, returns) = Instance::new();
+        let (instance, player_end) = Instance::new();
         if let Some(doc) = STANDALONE_SESSION.get() {
             let mut doc = doc.clone();
-            session::migrate(&mut doc);
-            instance.session.write().load_document(&doc);
+            document::migrate(&mut doc);
+            instance.load_document(&doc);
         }
         Self {
             params: Arc::new(PromptloopParams::new(instance.clone())),
             instance,
-            player: ClipPlayer::new(commands, returns),
+            player: ClipPlayer::new(player_end),
         }
-    }
-}
-
-impl Promptloop {
-    /// The instance's shared side, for the editor.
-    pub fn instance(&self) -> &Arc<Instance> {
-        &self.instance
     }
 }
 
@@ -158,7 +108,7 @@ impl Plugin for Promptloop {
     fn filter_state(state: &mut PluginState) {
         if let Some(raw) = state.fields.get_mut(STATE_KEY) {
             if let Ok(mut doc) = serde_json::from_str::<Value>(raw) {
-                session::migrate(&mut doc);
+                document::migrate(&mut doc);
                 *raw = doc.to_string();
             }
         }
@@ -217,11 +167,7 @@ impl Plugin for Promptloop {
             }
             match event {
                 NoteEvent::NoteOn { key, .. } => match key.number() {
-                    Some(GENERATE_NOTE) => {
-                        self.instance
-                            .generate_trigger
-                            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    }
+                    Some(GENERATE_NOTE) => self.instance.trigger_generation(),
                     Some(note) => self.player.note_on(mode, note),
                     None => {}
                 },
@@ -278,36 +224,3 @@ impl Vst3Plugin for Promptloop {
 
 nice_export_clap!(Promptloop);
 nice_export_vst3!(Promptloop);
-
-/// Diagnostics for tests and support: fills `out` with up to `len` process-wide
-/// counters, in this order: model loads, models resident, jobs done, jobs
-/// cancelled, jobs failed. Returns how many it wrote.
-///
-/// # Safety
-/// `out` must point to `len` writable `u64`s (or `len` must be 0).
-#[no_mangle]
-pub unsafe extern "C" fn promptloop_counters(out: *mut u64, len: usize) -> usize {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = &workers::COUNTERS;
-    let values = [
-        c.model_loads.load(Relaxed),
-        c.models_resident.load(Relaxed),
-        c.jobs_done.load(Relaxed),
-        c.jobs_cancelled.load(Relaxed),
-        c.jobs_failed.load(Relaxed),
-    ];
-    let n = len.min(values.len());
-    if n > 0 && !out.is_null() {
-        // SAFETY: the caller promises `len` writable u64s at `out`.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, n) };
-    }
-    n
-}
-
-/// Test hook: holds every lock the editor and the workers use, in every
-/// instance, for `ms` milliseconds, on the calling thread. The host tests call it
-/// from one thread while another runs `process()`, which must not wait.
-#[no_mangle]
-pub extern "C" fn promptloop_hold_locks(ms: u32) {
-    instance::hold_all_locks(std::time::Duration::from_millis(ms as u64));
-}

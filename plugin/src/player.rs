@@ -5,11 +5,14 @@
 //! Clips arrive as `Arc`s on a wait-free queue and every `Arc` the player lets go
 //! of goes back on a return queue, so the last reference is never dropped here.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nice_plug::prelude::Enum;
 
 use crate::clip::Clip;
+use crate::handoff::{AudioCommand, PlayerEnd};
+use crate::take::TakeKey;
 
 /// How the selected take plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -23,15 +26,6 @@ pub enum PlayMode {
     #[id = "loop"]
     #[name = "Loop"]
     Loop,
-}
-
-/// Messages from the plugin's other threads to the audio thread.
-pub enum AudioCommand {
-    /// The take that Loop and MIDI play (`None`: nothing selected).
-    Select(Option<Arc<Clip>>),
-    /// Play a clip once from its start, on top of the rest.
-    Preview(Arc<Clip>),
-    StopPreview,
 }
 
 /// The host transport as the player needs it.
@@ -124,8 +118,7 @@ impl Voice {
 /// Plays clips on the audio thread. Built off the audio thread with its queues;
 /// `process` then only pops, renders and pushes.
 pub struct ClipPlayer {
-    commands: rtrb::Consumer<AudioCommand>,
-    returns: rtrb::Producer<Arc<Clip>>,
+    queues: PlayerEnd,
     pending: [Option<Arc<Clip>>; PENDING],
     selected: Option<Arc<Clip>>,
     main: Voice,
@@ -141,10 +134,9 @@ pub struct ClipPlayer {
 }
 
 impl ClipPlayer {
-    pub fn new(commands: rtrb::Consumer<AudioCommand>, returns: rtrb::Producer<Arc<Clip>>) -> Self {
+    pub fn new(queues: PlayerEnd) -> Self {
         let mut player = Self {
-            commands,
-            returns,
+            queues,
             pending: Default::default(),
             selected: None,
             main: Voice::default(),
@@ -162,7 +154,7 @@ impl ClipPlayer {
         player
     }
 
-    /// Called from `initialize` (never from `process`).
+    /// Called from `activate` (never from `process`).
     pub fn set_sample_rate(&mut self, sample_rate: f32) {
         self.sample_rate = sample_rate.max(1.0);
         self.fade_len = ((FADE_S * self.sample_rate) as usize).max(1);
@@ -179,7 +171,7 @@ impl ClipPlayer {
             &mut self.preview_tail,
         ] {
             if let Some(c) = v.clip.take() {
-                Self::release_into(&mut self.returns, &mut self.pending, c);
+                Self::release_into(&mut self.queues, &mut self.pending, c);
             }
             v.gain = 0.0;
         }
@@ -188,21 +180,25 @@ impl ClipPlayer {
     }
 
     /// What is sounding, for the editor's playhead: the preview if one plays,
-    /// else the Loop/MIDI voice, as (take key, position, length).
-    pub fn playhead(&self) -> Option<(u64, usize, usize)> {
+    /// else the Loop/MIDI voice.
+    pub fn playhead(&self) -> Option<PlayheadPosition> {
         let v = if self.preview.active() {
             &self.preview
         } else {
             &self.main
         };
         let c = v.clip.as_ref()?;
-        Some((c.take, v.pos.min(c.len()), c.len()))
+        Some(PlayheadPosition {
+            take: c.take,
+            pos: v.pos.min(c.len()),
+            len: c.len(),
+        })
     }
 
     /// Applies queued commands and retries returns. Call once per block first.
     pub fn begin_block(&mut self, mode: PlayMode, transport: &TransportView) {
         self.flush_pending();
-        while let Ok(cmd) = self.commands.pop() {
+        while let Some(cmd) = self.queues.next_command() {
             match cmd {
                 AudioCommand::Select(clip) => {
                     if let Some(old) = std::mem::replace(&mut self.selected, clip) {
@@ -217,10 +213,6 @@ impl ClipPlayer {
                 AudioCommand::Preview(clip) => {
                     self.move_to_tail(true);
                     self.start(true, clip, 0, false);
-                }
-                AudioCommand::StopPreview => {
-                    self.preview.target = 0.0;
-                    self.preview.step = self.fade_step;
                 }
             }
         }
@@ -271,7 +263,7 @@ impl ClipPlayer {
                 _ => &mut self.preview_tail,
             };
             if let Some(done) = voice.render(out, end_fade) {
-                Self::release_into(&mut self.returns, &mut self.pending, done);
+                Self::release_into(&mut self.queues, &mut self.pending, done);
             }
         }
     }
@@ -345,7 +337,7 @@ impl ClipPlayer {
             &mut self.main
         };
         if let Some(old) = voice.clip.replace(clip) {
-            Self::release_into(&mut self.returns, &mut self.pending, old);
+            Self::release_into(&mut self.queues, &mut self.pending, old);
         }
         voice.pos = pos;
         voice.gain = 0.0;
@@ -363,7 +355,7 @@ impl ClipPlayer {
             (&mut self.main, &mut self.tail)
         };
         if let Some(old) = tail.clip.take() {
-            Self::release_into(&mut self.returns, &mut self.pending, old);
+            Self::release_into(&mut self.queues, &mut self.pending, old);
         }
         if voice.active() {
             std::mem::swap(voice, tail);
@@ -373,17 +365,17 @@ impl ClipPlayer {
     }
 
     fn release(&mut self, clip: Arc<Clip>) {
-        Self::release_into(&mut self.returns, &mut self.pending, clip);
+        Self::release_into(&mut self.queues, &mut self.pending, clip);
     }
 
     /// Hands a clip back for dropping elsewhere. Should the return queue and the
     /// pending slots all be full, the clip is leaked rather than freed here.
     fn release_into(
-        returns: &mut rtrb::Producer<Arc<Clip>>,
+        queues: &mut PlayerEnd,
         pending: &mut [Option<Arc<Clip>>; PENDING],
         clip: Arc<Clip>,
     ) {
-        if let Err(rtrb::PushError::Full(clip)) = returns.push(clip) {
+        if let Err(clip) = queues.give_back(clip) {
             match pending.iter_mut().find(|p| p.is_none()) {
                 Some(slot) => *slot = Some(clip),
                 None => std::mem::forget(clip),
@@ -394,7 +386,7 @@ impl ClipPlayer {
     fn flush_pending(&mut self) {
         for slot in self.pending.iter_mut() {
             if let Some(clip) = slot.take() {
-                if let Err(rtrb::PushError::Full(clip)) = self.returns.push(clip) {
+                if let Err(clip) = self.queues.give_back(clip) {
                     *slot = Some(clip);
                     break;
                 }
@@ -403,24 +395,70 @@ impl ClipPlayer {
     }
 }
 
+/// What the audio thread is sounding: a take, the position and the clip's
+/// length, in host samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayheadPosition {
+    pub take: TakeKey,
+    pub pos: usize,
+    pub len: usize,
+}
+
+/// The sounding position as atomics, written by the audio thread and read by
+/// the editor's playhead.
+#[derive(Default)]
+pub struct Playhead {
+    take: AtomicU64,
+    pos: AtomicU64,
+    len: AtomicU64,
+}
+
+impl Playhead {
+    /// Real-time safe: stores only.
+    pub fn publish(&self, now: Option<PlayheadPosition>) {
+        let p = now.unwrap_or(PlayheadPosition {
+            take: TakeKey(0),
+            pos: 0,
+            len: 0,
+        });
+        self.take.store(p.take.0, Ordering::Relaxed);
+        self.pos.store(p.pos as u64, Ordering::Relaxed);
+        self.len.store(p.len as u64, Ordering::Relaxed);
+    }
+
+    /// The sounding take and its position as a fraction of its length.
+    pub fn get(&self) -> Option<(TakeKey, f32)> {
+        let take = self.take.load(Ordering::Relaxed);
+        let len = self.len.load(Ordering::Relaxed);
+        (take != 0 && len > 0).then(|| {
+            (
+                TakeKey(take),
+                self.pos.load(Ordering::Relaxed) as f32 / len as f32,
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::{handoff, ControlEnd};
 
-    fn player() -> (
-        ClipPlayer,
-        rtrb::Producer<AudioCommand>,
-        rtrb::Consumer<Arc<Clip>>,
-    ) {
-        let (tx, rx) = rtrb::RingBuffer::new(8);
-        let (ret_tx, ret_rx) = rtrb::RingBuffer::new(8);
-        let mut p = ClipPlayer::new(rx, ret_tx);
+    fn player() -> (ClipPlayer, ControlEnd) {
+        let (end, control) = handoff(8, 8);
+        let mut p = ClipPlayer::new(end);
         p.set_sample_rate(1000.0);
-        (p, tx, ret_rx)
+        (p, control)
     }
 
     fn ramp_clip(len: usize) -> Arc<Clip> {
-        Clip::new(7, (0..len).map(|i| i as f32).collect(), 1000, None, None)
+        Clip::new(
+            TakeKey(7),
+            (0..len).map(|i| i as f32).collect(),
+            1000,
+            None,
+            None,
+        )
     }
 
     fn stopped() -> TransportView {
@@ -429,9 +467,9 @@ mod tests {
 
     #[test]
     fn midi_note_plays_from_the_start_with_a_fade_in() {
-        let (mut p, mut tx, _ret) = player();
-        let clip = Clip::new(1, vec![1.0; 100], 1000, None, None);
-        tx.push(AudioCommand::Select(Some(clip))).ok().unwrap();
+        let (mut p, tx) = player();
+        let clip = Clip::new(TakeKey(1), vec![1.0; 100], 1000, None, None);
+        assert!(tx.send(AudioCommand::Select(Some(clip))));
         p.begin_block(PlayMode::Midi, &stopped());
         let mut out = [0.0f32; 20];
         p.render(&mut out);
@@ -449,16 +487,16 @@ mod tests {
 
     #[test]
     fn loop_follows_the_song_position_in_beats() {
-        let (mut p, mut tx, _ret) = player();
+        let (mut p, tx) = player();
         // 2 beats at 120 bpm = 1 s = 1000 samples at 1 kHz.
         let clip = Clip::new(
-            1,
+            TakeKey(1),
             (0..1000).map(|i| i as f32).collect(),
             1000,
             Some(2.0),
             Some(120.0),
         );
-        tx.push(AudioCommand::Select(Some(clip))).ok().unwrap();
+        assert!(tx.send(AudioCommand::Select(Some(clip))));
         let at = |beats: f64| TransportView {
             playing: true,
             tempo: Some(120.0),
@@ -482,10 +520,8 @@ mod tests {
 
     #[test]
     fn stopped_loop_starts_from_its_start() {
-        let (mut p, mut tx, _ret) = player();
-        tx.push(AudioCommand::Select(Some(ramp_clip(50))))
-            .ok()
-            .unwrap();
+        let (mut p, tx) = player();
+        assert!(tx.send(AudioCommand::Select(Some(ramp_clip(50)))));
         p.begin_block(PlayMode::Loop, &stopped());
         let mut out = [0.0f32; 120];
         p.render(&mut out);
@@ -496,38 +532,36 @@ mod tests {
 
     #[test]
     fn let_go_clips_go_back_on_the_return_queue() {
-        let (mut p, mut tx, mut ret) = player();
+        let (mut p, tx) = player();
         let a = ramp_clip(10);
         let b = ramp_clip(10);
-        tx.push(AudioCommand::Select(Some(a.clone()))).ok().unwrap();
+        assert!(tx.send(AudioCommand::Select(Some(a.clone()))));
         p.begin_block(PlayMode::Midi, &stopped());
-        tx.push(AudioCommand::Select(Some(b))).ok().unwrap();
+        assert!(tx.send(AudioCommand::Select(Some(b))));
         p.begin_block(PlayMode::Midi, &stopped());
-        let back = ret.pop().unwrap();
+        let back = tx.pop_returned().unwrap();
         assert!(Arc::ptr_eq(&back, &a));
         // A one-shot that reaches its end hands its clip back too.
         p.note_on(PlayMode::Midi, 1);
         let mut out = [0.0f32; 30];
         p.render(&mut out);
-        assert!(ret.pop().is_ok());
+        assert!(tx.pop_returned().is_some());
         assert!(!p.main.active());
     }
 
     #[test]
     fn full_return_queue_never_frees_on_the_audio_thread() {
-        let (tx, rx) = rtrb::RingBuffer::new(64);
-        let (ret_tx, ret_rx) = rtrb::RingBuffer::new(1);
-        let mut tx = tx;
-        let mut p = ClipPlayer::new(rx, ret_tx);
+        let (end, tx) = handoff(64, 1);
+        let mut p = ClipPlayer::new(end);
         let clips: Vec<_> = (0..5).map(|_| ramp_clip(4)).collect();
         for c in &clips {
-            tx.push(AudioCommand::Select(Some(c.clone()))).ok().unwrap();
+            assert!(tx.send(AudioCommand::Select(Some(c.clone()))));
         }
         p.begin_block(PlayMode::Midi, &stopped());
         // Four let go: one on the queue, three pending, none dropped here.
         for c in &clips[..4] {
             assert_eq!(Arc::strong_count(c), 2);
         }
-        drop(ret_rx);
+        drop(tx);
     }
 }

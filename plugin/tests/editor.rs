@@ -12,14 +12,11 @@ use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use musicgen::ModelSource;
 use parking_lot::Mutex;
-use promptloop::instance::Instance;
-use promptloop::player::{AudioCommand, PlayMode};
-use promptloop::session::Length;
-use promptloop::ui::{draw, DragEnded, EditorModel, FileDrag, ParamWrite, ReleaseAfterDrag};
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-a")
-}
+use promptloop::testing::{
+    draw, AudioCommand, DragEnded, EditorModel, FileDrag, Instance, Length, ParamWrite, PlayMode,
+    ReleaseAfterDrag,
+};
+use test_support::{tiny_model, wait_for};
 
 /// Records parameter changes as the host would apply them.
 struct TestParams(Arc<Mutex<PlayMode>>);
@@ -57,9 +54,9 @@ fn step_until(
 #[test]
 fn type_generate_watch_preview_and_delete() {
     let data = tempfile::tempdir().unwrap();
-    let (instance, mut audio, _returns) = Instance::new();
+    let (instance, mut audio) = Instance::new();
     instance.activate(48_000);
-    instance.session.write().settings.data_folder = Some(data.path().to_path_buf());
+    instance.update_settings(|s| s.data_folder = Some(data.path().to_path_buf()));
     let mode = Arc::new(Mutex::new(PlayMode::Midi));
     let mut h = harness(&instance, mode.clone());
     h.run();
@@ -76,10 +73,7 @@ fn type_generate_watch_preview_and_delete() {
     h.get_by_role_and_label(Role::MultilineTextInput, "Prompt")
         .type_text("dusty boom-bap drums");
     h.run();
-    assert_eq!(
-        instance.session.read().settings.prompt,
-        "dusty boom-bap drums"
-    );
+    assert_eq!(instance.session().settings().prompt, "dusty boom-bap drums");
 
     // Pick a local model folder.
     h.get_by_label("Model").click();
@@ -94,7 +88,7 @@ fn type_generate_watch_preview_and_delete() {
         .type_text(&folder);
     h.run();
     assert_eq!(
-        instance.session.read().settings.model,
+        instance.session().settings().model,
         ModelSource::Local { path: tiny_model() }
     );
     h.get_by_label_contains("config.json found");
@@ -102,11 +96,8 @@ fn type_generate_watch_preview_and_delete() {
     // Length in seconds: 8 s by default.
     h.get_by_label("Seconds").click();
     h.run();
-    assert_eq!(
-        instance.session.read().settings.length,
-        Length::Seconds(8.0)
-    );
-    instance.session.write().settings.precision = musicgen::Precision::F32;
+    assert_eq!(instance.session().settings().length, Length::Seconds(8.0));
+    instance.update_settings(|s| s.precision = musicgen::Precision::F32);
 
     // Generate, and see the progress.
     h.get_by_label("Generate").click();
@@ -132,17 +123,19 @@ fn type_generate_watch_preview_and_delete() {
         !h.get_by_label("Preview").accesskit_node().is_disabled()
     });
     // Drain what generation sent (the new take's selection).
-    while audio.pop().is_ok() {}
+    while audio.next_command().is_some() {}
     h.get_by_label("Preview").click();
     h.run();
-    let sent = audio.pop().expect("a command for the audio thread");
+    let sent = audio
+        .next_command()
+        .expect("a command for the audio thread");
     assert!(matches!(sent, AudioCommand::Preview(_)), "preview sent");
 
     // The take's seed can be reused.
-    let seed = instance.session.read().takes[0].meta.request.seed;
+    let seed = instance.session().takes()[0].meta.request.seed;
     h.get_by_label("Use seed").click();
     h.run();
-    assert_eq!(instance.session.read().settings.seed, Some(seed));
+    assert_eq!(instance.session().settings().seed, Some(seed));
     h.get_by_label_contains(&format!("seed {seed}"));
 
     // Loop selects the take and switches the play mode.
@@ -151,7 +144,7 @@ fn type_generate_watch_preview_and_delete() {
     assert_eq!(*mode.lock(), PlayMode::Loop);
 
     // Delete hides the take; its file stays.
-    let file = instance.session.read().takes[0].meta.file.clone();
+    let file = instance.session().takes()[0].meta.file.clone();
     h.get_by_label("Delete").click();
     h.run();
     h.get_by_label("Takes (0)");
@@ -162,13 +155,12 @@ fn type_generate_watch_preview_and_delete() {
 #[test]
 fn errors_read_in_plain_words_with_what_to_do() {
     let data = tempfile::tempdir().unwrap();
-    let (instance, _audio, _returns) = Instance::new();
+    let (instance, _audio) = Instance::new();
     instance.activate(48_000);
-    {
-        let mut s = instance.session.write();
-        s.settings.data_folder = Some(data.path().to_path_buf());
-        s.settings.length = Length::Bars(32.0);
-    }
+    instance.update_settings(|s| {
+        s.data_folder = Some(data.path().to_path_buf());
+        s.length = Length::Bars(32.0);
+    });
     let mut h = harness(&instance, Arc::new(Mutex::new(PlayMode::Midi)));
     h.run();
     h.get_by_label_contains("over MusicGen's 30 s");
@@ -198,29 +190,18 @@ impl FileDrag for SwallowingDrag {
 #[test]
 fn after_a_drag_out_the_next_press_drags_again() {
     let data = tempfile::tempdir().unwrap();
-    let (instance, _audio, _returns) = Instance::new();
+    let (instance, _audio) = Instance::new();
     instance.activate(48_000);
-    {
-        let mut s = instance.session.write();
-        s.settings.data_folder = Some(data.path().to_path_buf());
-        s.settings.model = ModelSource::Local { path: tiny_model() };
-        s.settings.precision = musicgen::Precision::F32;
-        s.settings.length = Length::Seconds(1.0);
-    }
+    instance.update_settings(|s| {
+        s.data_folder = Some(data.path().to_path_buf());
+        s.model = ModelSource::Local { path: tiny_model() };
+        s.precision = musicgen::Precision::F32;
+        s.length = Length::Seconds(1.0);
+    });
     let id = instance.generate().unwrap();
-    let start = Instant::now();
-    while instance
-        .session
-        .read()
-        .take(&id)
-        .is_none_or(|t| t.clip.is_none())
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the take is made"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the take is made", Duration::from_secs(120), || {
+        instance.session().take(&id)?.clip.as_ref().map(|_| ())
+    });
     let ended = DragEnded::default();
     let starts = Arc::new(AtomicUsize::new(0));
     let drag = SwallowingDrag {

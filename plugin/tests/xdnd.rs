@@ -4,18 +4,17 @@
 //! The pointer is driven with the XTEST extension.
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use musicgen::{DeviceChoice, ModelSource, Precision};
-use promptloop::dragdrop::xdnd::run_drag;
-use promptloop::instance::{Instance, JobStage};
-use promptloop::player::PlayMode;
-use promptloop::session::Length;
-use promptloop::ui::{draw, EditorModel, ParamWrite};
+use promptloop::testing::{
+    default_size, draw, export_take, read_info, run_drag, uri_list, EditorModel, Instance,
+    JobStage, Length, ParamWrite, PlayMode, TakeId,
+};
+use test_support::{tiny_model, wait_for, Xvfb};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
     AtomEnum, ClientMessageEvent, ConnectionExt, CreateWindowAux, EventMask, PropMode, WindowClass,
@@ -30,61 +29,24 @@ use x11rb::{COPY_DEPTH_FROM_PARENT, CURRENT_TIME};
 /// neither slows the other's windows down.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-struct Xvfb {
-    child: Child,
-    display: String,
-}
-
-impl Xvfb {
-    /// An X server of its own, on a display number it picks itself.
-    fn start(size: &str) -> Self {
-        let mut child = Command::new("Xvfb")
-            .args(["-displayfd", "1", "-screen", "0", size, "-nolisten", "tcp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb runs (apt-get install xvfb; .ci/run installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let number: u32 = line.trim().parse().expect("Xvfb printed its display");
-        Self {
-            child,
-            display: format!(":{number}"),
-        }
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A take from the tiny fixture model, made at 48 kHz with the host at 120
 /// bpm in 4/4 (as the standalone's dummy backend plays).
-fn made_take(data: &std::path::Path) -> (Arc<Instance>, String) {
-    let (i, _audio, _returns) = Instance::new();
+fn made_take(data: &std::path::Path) -> (Arc<Instance>, TakeId) {
+    let (i, _audio) = Instance::new();
     i.host.publish(Some(120.0), Some(4), Some(4));
-    {
-        let mut s = i.session.write();
-        s.settings.model = ModelSource::Local {
-            path: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-a"),
-        };
-        s.settings.precision = Precision::F32;
-        s.settings.device = DeviceChoice::Cpu;
-        s.settings.length = Length::Seconds(1.0);
-        s.settings.data_folder = Some(data.to_path_buf());
-        s.settings.prompt = "drag me".into();
-    }
+    i.update_settings(|s| {
+        s.model = ModelSource::Local { path: tiny_model() };
+        s.precision = Precision::F32;
+        s.device = DeviceChoice::Cpu;
+        s.length = Length::Seconds(1.0);
+        s.data_folder = Some(data.to_path_buf());
+        s.prompt = "drag me".into();
+    });
     i.activate(48_000);
     let id = i.generate().unwrap();
-    let start = Instant::now();
-    loop {
-        if i.session.read().take(&id).is_some_and(|t| t.clip.is_some()) {
-            return (i, id);
+    wait_for("the take", Duration::from_secs(120), || {
+        if i.session().take(&id).is_some_and(|t| t.clip.is_some()) {
+            return Some(());
         }
         let job = i.jobs().into_iter().find(|j| j.take_id == id).unwrap();
         assert!(
@@ -92,9 +54,9 @@ fn made_take(data: &std::path::Path) -> (Arc<Instance>, String) {
             "{:?}",
             job.stage()
         );
-        assert!(start.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        None
+    });
+    (i, id)
 }
 
 /// Runs a 300 x 300 drop target window at `at`; sends back the uri-list it
@@ -215,10 +177,9 @@ fn percent_decode(s: &str) -> String {
 /// The take exported as the drag would.
 fn exported_take(data: &std::path::Path) -> PathBuf {
     let (i, id) = made_take(data);
-    let s = i.session.read();
+    let s = i.session();
     let take = s.take(&id).unwrap();
-    promptloop::export::export_take(&i.exports_folder(), &take.meta, take.clip.as_ref().unwrap())
-        .unwrap()
+    export_take(&i.exports_folder(), &take.meta, take.clip.as_ref().unwrap()).unwrap()
 }
 
 #[test]
@@ -246,7 +207,7 @@ fn a_take_dragged_onto_an_x11_target_arrives_as_a_wav_at_the_host_rate() {
     fake(MOTION_NOTIFY_EVENT, 0, 600, 500);
     fake(BUTTON_PRESS_EVENT, 1, 0, 0);
     // ...the drag starts with the file already written...
-    let uris = promptloop::export::uri_list(std::slice::from_ref(&path));
+    let uris = uri_list(std::slice::from_ref(&path));
     let display = x.display.clone();
     let source =
         std::thread::spawn(move || run_drag(Some(&display), &uris, Duration::from_secs(5)));
@@ -268,7 +229,7 @@ fn a_take_dragged_onto_an_x11_target_arrives_as_a_wav_at_the_host_rate() {
     let reader = hound::WavReader::open(&dropped).expect("the dropped file is a WAV");
     assert_eq!(reader.spec().sample_rate, 48_000, "at the host's rate");
     assert_eq!(reader.len(), 48_000, "one second");
-    let info = promptloop::export::read_info(&dropped).unwrap();
+    let info = read_info(&dropped).unwrap();
     assert_eq!(info[0].1, "drag me");
 }
 
@@ -315,26 +276,19 @@ impl ParamWrite for NoParams {
 /// the way egui-baseview draws it (`Context::run_ui` over the whole window),
 /// located through egui's accessibility tree.
 fn button_centre(doc: &serde_json::Value, label: &str) -> (i16, i16) {
-    let (instance, _audio, _returns) = Instance::new();
+    let (instance, _audio) = Instance::new();
     instance.host.publish(Some(120.0), Some(4), Some(4));
-    instance.session.write().load_document(doc);
+    instance.load_document(doc);
     instance.activate(48_000);
-    let start = Instant::now();
-    while instance
-        .session
-        .read()
-        .takes
-        .iter()
-        .any(|t| t.clip.is_none())
-    {
-        assert!(start.elapsed() < Duration::from_secs(30), "takes load");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the takes to load", Duration::from_secs(30), || {
+        let s = instance.session();
+        (!s.takes().iter().any(|t| t.clip.is_none())).then_some(())
+    });
     let mut model = EditorModel::new(instance, Box::new(NoParams), None);
     let ctx = egui::Context::default();
     ctx.enable_accesskit();
     ctx.set_theme(egui::Theme::Dark);
-    let size = promptloop::editor::default_size();
+    let size = default_size();
     let mut centre = None;
     for _ in 0..3 {
         let input = egui::RawInput {
@@ -401,7 +355,7 @@ fn the_standalone_editor_drags_a_take_onto_another_application() {
     );
     let data = tempfile::tempdir().unwrap();
     let (made, id) = made_take(data.path());
-    let doc = made.session.read().to_document();
+    let doc = made.session().to_document();
     let session = data.path().join("session.json");
     std::fs::write(&session, serde_json::to_vec(&doc).unwrap()).unwrap();
     let handle = button_centre(&doc, "Drag to a track");
@@ -505,10 +459,14 @@ fn the_standalone_editor_drags_a_take_onto_another_application() {
             48_000,
             "one second"
         );
-        let info = promptloop::export::read_info(&dropped).unwrap();
+        let info = read_info(&dropped).unwrap();
         assert_eq!(info[0].1, "drag me");
         assert!(
-            dropped.file_name().unwrap().to_string_lossy().contains(&id),
+            dropped
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(id.as_str()),
             "{} is named from the take id {id}",
             dropped.display()
         );

@@ -21,13 +21,7 @@ pub const PLUGIN_ID: &str = "com.promptloop.promptloop";
 /// The note that starts a generation.
 pub const GENERATE_NOTE: u16 = 0;
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_path_buf()
-}
+pub use test_support::{tiny_model, wait_for, workspace, Xvfb};
 
 /// A built bundle (`Promptloop.clap`, `Promptloop.vst3`). Panics with the
 /// command that builds it when it is missing.
@@ -42,11 +36,6 @@ pub fn bundle(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A tiny checkpoint from the engine's fixtures.
-pub fn tiny_model() -> PathBuf {
-    workspace().join("tests/fixtures/models/tiny-a")
 }
 
 /// Loads the plugin library.
@@ -604,49 +593,4 @@ pub fn read_wav(path: &Path) -> (Vec<f32>, u32) {
     let rate = r.spec().sample_rate;
     let samples = r.samples::<f32>().map(|s| s.unwrap()).collect();
     (samples, rate)
-}
-
-/// A private X server for the test (Xvfb), killed on drop.
-pub struct Xvfb {
-    child: std::process::Child,
-    pub display: String,
-}
-
-impl Xvfb {
-    pub fn start() -> Self {
-        for n in 0..20 {
-            let number = 90 + (std::process::id() as usize + n * 7) % 400;
-            if PathBuf::from(format!("/tmp/.X11-unix/X{number}")).exists() {
-                continue;
-            }
-            let display = format!(":{number}");
-            let mut child = std::process::Command::new("Xvfb")
-                .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("Xvfb runs (apt-get install xvfb; .ci/run installs it)");
-            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{number}"));
-            let t0 = Instant::now();
-            while !socket.exists() && t0.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if socket.exists() {
-                return Self { child, display };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("could not start Xvfb");
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

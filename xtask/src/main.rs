@@ -1,7 +1,9 @@
 //! `cargo xtask bundle promptloop [--release]`: nice-plug's bundler.
 //! `cargo xtask test [cargo test args]`: builds the bundles and the standalone
 //! app in debug mode (with `assert_process_allocs`), then runs every test; the
-//! host-level tests in `tests/` load those bundles.
+//! host-level tests in `tests/` load those bundles. The bundles and the tests
+//! are built with the plugin's `test-hooks` feature: the C hooks the host tests
+//! call, and the inner parts `plugin/tests` drives. Release bundles have none.
 
 use std::process::Command;
 
@@ -35,9 +37,17 @@ fn main() -> Result<()> {
             ])?;
             nice_plug_xtask::main_with_args(
                 "cargo xtask",
-                ["bundle", "promptloop"].into_iter().map(String::from),
+                ["bundle", "promptloop", "--features", "test-hooks"]
+                    .into_iter()
+                    .map(String::from),
             )?;
-            let mut test = vec!["test", "--workspace", "--locked"];
+            let mut test = vec![
+                "test",
+                "--workspace",
+                "--locked",
+                "--features",
+                "promptloop/test-hooks",
+            ];
             test.extend(rest.iter().map(String::as_str));
             cargo(&test)
         }

@@ -19,6 +19,6 @@ fn main() {
     // nice-plug's standalone acts on SIGINT only while no editor is open: close
     // the editor too, which ends the app. (nice-plug then reports that it could
     // not install its own handler; ours covers both cases.)
-    let _ = ctrlc::set_handler(promptloop::editor::request_quit);
+    let _ = ctrlc::set_handler(promptloop::request_quit);
     nice_plug::prelude::nice_export_standalone::<Promptloop>();
 }

@@ -1,4 +1,8 @@
-//! The editor: nice-plug-egui's window around [`crate::ui::draw`].
+//! The editor: nice-plug-egui's window around [`view::draw`]. The window is
+//! drawn by `view` (status, generate, footer), `settings` (prompt, model and
+//! sampling) and `takes` (the list of takes); what a click asks for is an
+//! [`view::EditorAction`], applied to the instance after the frame is drawn.
+//! `drag` starts the system's drag of a take's file, per platform.
 //!
 //! nice-plug-egui's editor state is not persisted, and the plugin's `editor()`
 //! is asked for before the host restores the project, so the window's size
@@ -20,11 +24,17 @@ use nice_plug_egui::{
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::dragdrop::NativeWindow;
 use crate::instance::Instance;
+use crate::params::PromptloopParams;
 use crate::player::PlayMode;
-use crate::ui::{DragEnded, EditorModel, ParamWrite, ReleaseAfterDrag};
-use crate::PromptloopParams;
+
+pub mod drag;
+mod settings;
+mod takes;
+pub mod view;
+
+use drag::{DragEnded, NativeWindow, ReleaseAfterDrag};
+pub use view::{EditorModel, ParamWrite};
 
 /// Set by the standalone app's SIGINT handler: open editors close, which ends
 /// the app (nice-plug's own handler only acts while no editor is open).
@@ -198,7 +208,7 @@ impl NiceEguiApp for App {
         self.model = Some(EditorModel::new(
             self.instance.clone(),
             Box::new(params),
-            crate::dragdrop::platform_drag(NativeWindow::of(frame.baseview_window()), ended),
+            drag::platform_drag(NativeWindow::of(frame.baseview_window()), ended),
         ));
         Ok(())
     }
@@ -208,7 +218,7 @@ impl NiceEguiApp for App {
             frame.baseview_window().request_close();
         }
         if let Some(model) = self.model.as_mut() {
-            crate::ui::draw(ui, model);
+            view::draw(ui, model);
         }
         // Progress and the playhead move without input: keep drawing.
         ui.ctx()

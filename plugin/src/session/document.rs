@@ -1,167 +1,21 @@
-//! What an instance remembers in the host's project: the generation settings,
-//! the takes' metadata and the selection, as one versioned JSON document.
-//!
-//! The document is stored under the state key [`STATE_KEY`] (nice-plug keeps
-//! each persisted field as a JSON string in `fields`). It is decoded leniently:
-//! each setting and each take on its own, so one bad entry costs that entry and
-//! is reported, and garbage loads the defaults. Audio is not in the document: it
-//! lives in WAV files named by each take.
+//! The session as the project saves it: one versioned JSON document under
+//! the state key [`STATE_KEY`] (nice-plug keeps each persisted field as a JSON
+//! string in `fields`). It is decoded leniently: each setting and each take on
+//! its own, so one bad entry costs that entry and is reported, and garbage
+//! loads the defaults. Audio is not in the document: it lives in WAV files
+//! named by each take.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use musicgen::{DeviceChoice, GenerationRequest, ModelSource, Precision};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::clip::Clip;
+use super::{Session, Settings, RECENT_PROMPTS};
+use crate::take::{Take, TakeId, TakeMeta};
 
 /// The key of the document in the plugin state's `fields`.
 pub const STATE_KEY: &str = "promptloop";
 /// The document's schema version; [`migrate`] brings older documents to it.
 pub const STATE_VERSION: u64 = 1;
-/// Longest prompt accepted, in characters (the engine also limits tokens).
-pub const MAX_PROMPT_CHARS: usize = 2000;
-/// Longest take: MusicGen's 30 s.
-pub const MAX_SECONDS: f64 = 30.0;
-
-/// How long a take should be.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Length {
-    Seconds(f64),
-    /// Bars at the host's tempo and time signature when the generation starts.
-    Bars(f64),
-}
-
-/// The settings of the next generation, as the editor shows them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    pub prompt: String,
-    pub model: ModelSource,
-    pub precision: Precision,
-    pub device: DeviceChoice,
-    pub length: Length,
-    pub guidance_scale: f64,
-    /// 0 turns top-k off.
-    pub top_k: usize,
-    /// 1 turns top-p off.
-    pub top_p: f64,
-    pub temperature: f64,
-    /// `None`: a new random seed for every take.
-    pub seed: Option<u64>,
-    /// Where take WAVs go; `None`: the default data folder.
-    pub data_folder: Option<PathBuf>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            prompt: String::new(),
-            model: ModelSource::default(),
-            precision: Precision::Q8_0,
-            device: DeviceChoice::Auto,
-            length: Length::Bars(4.0),
-            guidance_scale: 3.0,
-            top_k: 250,
-            top_p: 1.0,
-            temperature: 1.0,
-            seed: None,
-            data_folder: None,
-        }
-    }
-}
-
-/// A take's metadata, saved with the project.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TakeMeta {
-    pub id: String,
-    /// Everything that decided the take (the seed included).
-    pub request: GenerationRequest,
-    pub engine_version: String,
-    /// Length of the loop in seconds, and in samples at `sample_rate`.
-    pub seconds: f64,
-    pub samples: usize,
-    /// The model's rate, at which the WAV is stored.
-    pub sample_rate: u32,
-    /// Host tempo when it was made, if the host gave one.
-    pub tempo: Option<f64>,
-    /// Length in bars, for bar-length takes.
-    pub bars: Option<f64>,
-    pub time_signature: Option<(u32, u32)>,
-    /// Unix time, seconds.
-    pub created: u64,
-    /// The WAV at the model rate.
-    pub file: PathBuf,
-    /// Deleted by the user: hidden, its file kept until a purge.
-    #[serde(default)]
-    pub hidden: bool,
-}
-
-impl TakeMeta {
-    /// Length in quarter-note beats at its own tempo (bar takes only).
-    pub fn beats(&self) -> Option<f64> {
-        let (n, d) = self.time_signature?;
-        Some(self.bars? * crate::clip::beats_per_bar(n, d))
-    }
-
-    /// The numeric form of the id, for atomics and the audio thread.
-    pub fn key(&self) -> u64 {
-        take_key(&self.id)
-    }
-}
-
-/// A stable 64-bit key for a take id (FNV-1a).
-pub fn take_key(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Where a take's audio stands.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TakeStatus {
-    /// Being read from disk and resampled.
-    Loading,
-    Ready,
-    /// The WAV is gone or unreadable; the metadata stays.
-    Missing(String),
-}
-
-/// A take as the instance holds it: metadata plus audio once loaded.
-#[derive(Debug, Clone)]
-pub struct Take {
-    pub meta: TakeMeta,
-    pub status: TakeStatus,
-    /// PCM at the model rate: the source of every resampling.
-    pub pcm: Option<Arc<Vec<f32>>>,
-    /// The clip at the host rate the audio thread was last given.
-    pub clip: Option<Arc<Clip>>,
-}
-
-/// The instance's session: settings, takes, selection, and what went wrong.
-#[derive(Debug, Default)]
-pub struct Session {
-    pub settings: Settings,
-    pub takes: Vec<Take>,
-    pub selected: Option<String>,
-    /// Entries of the last loaded document that could not be decoded.
-    pub load_report: Vec<String>,
-    /// The last error, in words, for the editor.
-    pub last_error: Option<String>,
-    /// Prompts used before, newest first.
-    pub recent_prompts: Vec<String>,
-}
 
 impl Session {
-    pub fn take(&self, id: &str) -> Option<&Take> {
-        self.takes.iter().find(|t| t.meta.id == id)
-    }
-
-    pub fn take_mut(&mut self, id: &str) -> Option<&mut Take> {
-        self.takes.iter_mut().find(|t| t.meta.id == id)
-    }
-
     /// The document saved with the project.
     pub fn to_document(&self) -> Value {
         serde_json::json!({
@@ -177,16 +31,7 @@ impl Session {
     pub fn load_document(&mut self, doc: &Value) {
         let decoded = decode(doc);
         self.settings = decoded.settings;
-        self.takes = decoded
-            .takes
-            .into_iter()
-            .map(|meta| Take {
-                meta,
-                status: TakeStatus::Loading,
-                pcm: None,
-                clip: None,
-            })
-            .collect();
+        self.takes = decoded.takes.into_iter().map(Take::unloaded).collect();
         self.selected = decoded
             .selected
             .filter(|id| self.takes.iter().any(|t| &t.meta.id == id));
@@ -201,7 +46,7 @@ impl Session {
 pub struct Decoded {
     pub settings: Settings,
     pub takes: Vec<TakeMeta>,
-    pub selected: Option<String>,
+    pub selected: Option<TakeId>,
     pub recent_prompts: Vec<String>,
     pub report: Vec<String>,
 }
@@ -287,7 +132,7 @@ pub fn decode(doc: &Value) -> Decoded {
     out.selected = obj
         .get("selected")
         .and_then(Value::as_str)
-        .map(str::to_string);
+        .map(TakeId::from);
     if let Some(list) = obj.get("recent_prompts").and_then(Value::as_array) {
         out.recent_prompts = list
             .iter()
@@ -298,9 +143,6 @@ pub fn decode(doc: &Value) -> Decoded {
     }
     out
 }
-
-/// Prompts remembered for the editor.
-pub const RECENT_PROMPTS: usize = 20;
 
 fn decode_settings(obj: &Map<String, Value>, s: &mut Settings, report: &mut Vec<String>) {
     fn field<T: serde::de::DeserializeOwned>(
@@ -329,41 +171,13 @@ fn decode_settings(obj: &Map<String, Value>, s: &mut Settings, report: &mut Vec<
     field(obj, "data_folder", &mut s.data_folder, report);
 }
 
-impl Settings {
-    /// Clamps numbers into the ranges the engine accepts, so a hand-edited or
-    /// damaged document cannot make every later generation fail.
-    pub fn sanitize(&mut self) {
-        let d = Settings::default();
-        if !self.guidance_scale.is_finite() || self.guidance_scale < 1.0 {
-            self.guidance_scale = d.guidance_scale;
-        }
-        self.guidance_scale = self.guidance_scale.min(20.0);
-        if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
-            self.top_p = d.top_p;
-        }
-        if !self.temperature.is_finite() || self.temperature <= 0.0 {
-            self.temperature = d.temperature;
-        }
-        self.length = match self.length {
-            Length::Seconds(s) if s.is_finite() && s > 0.0 => Length::Seconds(s),
-            Length::Bars(b) if b.is_finite() && b > 0.0 => Length::Bars(b),
-            _ => d.length,
-        };
-    }
-
-    /// The engine's sampling for these settings.
-    pub fn sampling(&self) -> musicgen::Sampling {
-        musicgen::Sampling::Sample {
-            temperature: self.temperature,
-            top_k: (self.top_k > 0).then_some(self.top_k),
-            top_p: (self.top_p < 1.0).then_some(self.top_p),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::Length;
+    use crate::take::TakeStatus;
+    use musicgen::GenerationRequest;
+    use std::path::PathBuf;
 
     fn meta(id: &str) -> TakeMeta {
         TakeMeta {
@@ -385,18 +199,18 @@ mod tests {
     #[test]
     fn document_round_trips() {
         let mut s = Session::default();
-        s.settings.prompt = "dusty boom-bap drums, 90 bpm".into();
-        s.settings.length = Length::Seconds(8.0);
-        s.takes = ["a", "b"]
-            .iter()
-            .map(|id| Take {
+        s.update_settings(|s| {
+            s.prompt = "dusty boom-bap drums, 90 bpm".into();
+            s.length = Length::Seconds(8.0);
+        });
+        for id in ["a", "b"] {
+            s.add_take(Take {
                 meta: meta(id),
                 status: TakeStatus::Ready,
                 pcm: None,
                 clip: None,
-            })
-            .collect();
-        s.selected = Some("b".into());
+            });
+        }
         let doc = s.to_document();
         let mut back = Session::default();
         back.load_document(&doc);
@@ -404,7 +218,7 @@ mod tests {
         assert_eq!(back.settings, s.settings);
         assert_eq!(back.takes.len(), 2);
         assert_eq!(back.takes[1].meta, s.takes[1].meta);
-        assert_eq!(back.selected.as_deref(), Some("b"));
+        assert_eq!(back.selected.as_ref().map(TakeId::as_str), Some("b"));
         assert_eq!(back.takes[0].status, TakeStatus::Loading);
     }
 

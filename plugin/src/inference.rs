@@ -1,0 +1,217 @@
+//! Where a take is computed: the inference worker runs jobs one at a time, in
+//! the order they were asked for (across instances), on a dedicated compute
+//! pool (cores - 1, lowered priority), and keeps the model loaded between them
+//! in its [`ModelCache`] (one copy per model, precision and device) until it is
+//! unused for a while or asked to unload. The finished loop at the model's rate
+//! goes to the I/O worker (`store`) to be saved and prepared.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use musicgen::{DeviceChoice, HubOptions, ModelSource, MusicGen, Precision, Progress};
+
+use crate::clip::{make_loop, LOOP_CROSSFADE_S};
+use crate::error::{PluginError, Result};
+use crate::request::{Job, JobStage};
+use crate::store::{FinishedTake, IoMsg};
+use crate::workers::{Owner, COUNTERS};
+
+pub const THREAD_NAME: &str = "promptloop-inference";
+
+pub enum InferenceMsg {
+    Generate(Owner, Arc<Job>),
+    Unload,
+}
+
+/// A model unused this long is unloaded (`PROMPTLOOP_UNLOAD_AFTER_S` overrides).
+fn unload_after() -> Duration {
+    std::env::var("PROMPTLOOP_UNLOAD_AFTER_S")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(600))
+}
+
+/// Threads of the compute pool: all cores but one, so the host keeps one.
+pub fn compute_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Lowers the calling thread's priority, so the host's threads come first.
+#[cfg(target_os = "linux")]
+fn lower_thread_priority() {
+    // On Linux the nice value is per thread; `who = 0` is the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority() {}
+
+type ModelKey = (ModelSource, Precision, DeviceChoice);
+
+/// The loaded model and the compute pool it runs on.
+#[derive(Default)]
+pub struct ModelCache {
+    pool: Option<Arc<rayon::ThreadPool>>,
+    loaded: Option<(ModelKey, MusicGen)>,
+    last_used: Option<Instant>,
+}
+
+impl ModelCache {
+    /// The model for a job's request, loading it (and freeing any other) first.
+    fn model_for(&mut self, job: &Job) -> Result<&mut MusicGen> {
+        let r = &job.request;
+        let key: ModelKey = (r.model.clone(), r.precision, r.device);
+        if self.loaded.as_ref().is_some_and(|(k, _)| *k != key) {
+            // One model at a time: free the old one before the new one loads.
+            self.unload();
+        }
+        if self.loaded.is_none() {
+            let pool = self.pool()?;
+            job.set_stage(JobStage::Loading);
+            let model = MusicGen::from_source(
+                &r.model,
+                &HubOptions::default(),
+                r.device,
+                r.precision,
+                pool,
+                &mut |p| {
+                    if let Progress::Download(d) = p {
+                        job.set_stage(JobStage::Downloading {
+                            file: d.file,
+                            done: d.done,
+                            total: d.total,
+                        });
+                    }
+                },
+                job.cancel_flag(),
+            )?;
+            COUNTERS.model_loads.fetch_add(1, Ordering::Relaxed);
+            COUNTERS.models_resident.fetch_add(1, Ordering::Relaxed);
+            self.loaded = Some((key, model));
+        }
+        self.last_used = Some(Instant::now());
+        Ok(&mut self.loaded.as_mut().expect("loaded above").1)
+    }
+
+    fn pool(&mut self) -> Result<Arc<rayon::ThreadPool>> {
+        if let Some(p) = &self.pool {
+            return Ok(p.clone());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(compute_threads())
+            .thread_name(|i| format!("promptloop-compute-{i}"))
+            .start_handler(|_| lower_thread_priority())
+            .build()
+            .map(Arc::new)
+            .map_err(|e| PluginError::ComputePool(e.to_string()))?;
+        self.pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    fn unload(&mut self) {
+        if self.loaded.take().is_some() {
+            COUNTERS.models_resident.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unload_if_idle(&mut self, idle: Duration) {
+        if self.last_used.is_some_and(|t| t.elapsed() >= idle) {
+            self.unload();
+        }
+    }
+}
+
+/// The inference thread's loop.
+pub fn run(rx: Receiver<InferenceMsg>, io: Sender<IoMsg>) {
+    lower_thread_priority();
+    let mut cache = ModelCache::default();
+    let idle = unload_after();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(InferenceMsg::Generate(owner, job)) => run_job(&owner, &job, &mut cache, &io),
+            Ok(InferenceMsg::Unload) => cache.unload(),
+            Err(RecvTimeoutError::Timeout) => cache.unload_if_idle(idle),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    cache.unload();
+}
+
+fn run_job(owner: &Owner, job: &Arc<Job>, cache: &mut ModelCache, io: &Sender<IoMsg>) {
+    let alive = owner.upgrade().is_some_and(|i| !i.is_closed());
+    if !alive || job.is_cancelled() {
+        job_cancelled(job);
+        return;
+    }
+    match compute_loop(job, cache) {
+        Ok(finished) => {
+            job.set_stage(JobStage::Saving);
+            let _ = io.send(IoMsg::Finished {
+                owner: owner.clone(),
+                job: job.clone(),
+                take: finished,
+            });
+        }
+        Err(PluginError::Engine(e)) if matches!(*e, musicgen::Error::Cancelled) => {
+            job_cancelled(job)
+        }
+        Err(e) => job_failed(owner, job, e),
+    }
+}
+
+pub(crate) fn job_cancelled(job: &Job) {
+    job.set_stage(JobStage::Cancelled);
+    COUNTERS.jobs_cancelled.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Marks a job failed and tells its instance's editor.
+pub(crate) fn job_failed(owner: &Owner, job: &Job, error: PluginError) {
+    COUNTERS.jobs_failed.fetch_add(1, Ordering::Relaxed);
+    job.set_stage(JobStage::Failed(error.clone()));
+    if let Some(i) = owner.upgrade() {
+        i.session().write().set_error(Some(error));
+    }
+}
+
+/// Generates the job's take: a seamless loop of the planned length at the
+/// model's rate. A little more than the loop is generated, to crossfade the
+/// seam with what followed it.
+fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
+    let model = cache.model_for(job)?;
+    let rate = model.sample_rate();
+    let loop_len = (job.plan.seconds * rate as f64).round() as usize;
+    let fade = (LOOP_CROSSFADE_S * rate as f64).round() as usize;
+    let max_frames = model.defaults().max_frames;
+    let frames = (loop_len + fade)
+        .div_ceil(model.hop_length())
+        .clamp(1, max_frames);
+    let mut request = job.request.clone();
+    request.frames = frames;
+    let generation = model.generate(
+        &request,
+        &mut |p| match p {
+            Progress::EncodingText => job.set_stage(JobStage::EncodingText),
+            Progress::Step { step, total } => job.set_step(step, total),
+            Progress::DecodingAudio => job.set_stage(JobStage::DecodingAudio),
+            _ => {}
+        },
+        job.cancel_flag(),
+    );
+    cache.last_used = Some(Instant::now());
+    let generation = generation?;
+    Ok(FinishedTake {
+        request,
+        pcm: make_loop(&generation.audio, loop_len, fade),
+        sample_rate: generation.sample_rate,
+    })
+}

@@ -1,0 +1,202 @@
+//! Where a take is stored and prepared, on the I/O worker: a finished
+//! generation is written as a WAV and added to its session; takes of a
+//! reopened project are read back; every take is resampled (rubato, as a loop)
+//! to the host's rate and the selected one handed to the audio thread; the
+//! clips the audio threads let go of are dropped here. It never waits behind a
+//! generation.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use musicgen::GenerationRequest;
+
+use crate::clip::Clip;
+use crate::error::{PluginError, Result};
+use crate::handoff::AudioCommand;
+use crate::inference::{job_cancelled, job_failed};
+use crate::request::{Job, JobStage};
+use crate::take::{unix_now, Take, TakeMeta, TakeStatus};
+use crate::workers::{Owner, TakeOwner, COUNTERS};
+
+pub mod files;
+
+pub const THREAD_NAME: &str = "promptloop-io";
+
+/// How often the I/O worker polls the instances' return queues and triggers.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A generation's result at the model's rate, before it is a take.
+pub struct FinishedTake {
+    /// The request as run (with its frame count).
+    pub request: GenerationRequest,
+    /// The loop, exactly the planned length.
+    pub pcm: Vec<f32>,
+    pub sample_rate: u32,
+}
+
+pub enum IoMsg {
+    /// Poll this instance's queues from now on.
+    Register(Owner),
+    /// Load takes whose audio is not in memory and resample every take for the
+    /// host's current rate.
+    Refresh(Owner),
+    /// A generation finished: save it and hand it to the audio thread.
+    Finished {
+        owner: Owner,
+        job: Arc<Job>,
+        take: FinishedTake,
+    },
+}
+
+/// The I/O thread's loop.
+pub fn run(rx: Receiver<IoMsg>) {
+    let mut owners: Vec<Owner> = Vec::new();
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(IoMsg::Register(w)) => owners.push(w),
+            Ok(IoMsg::Refresh(w)) => {
+                if let Some(i) = w.upgrade() {
+                    load_and_prepare(&*i);
+                }
+            }
+            Ok(IoMsg::Finished { owner, job, take }) => save_take(&owner, &job, take),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        owners.retain(|w| w.strong_count() > 0);
+        for i in owners.iter().filter_map(|w| w.upgrade()) {
+            i.audio().collect_returns();
+            if !i.is_closed() {
+                i.poll_triggers();
+            }
+        }
+    }
+}
+
+/// Resamples a take's model-rate loop for the host, as a loop.
+fn resample(meta: &TakeMeta, pcm: &[f32], host_rate: u32) -> Result<Arc<Clip>> {
+    let samples = musicgen::wav::resample_loop(pcm, meta.sample_rate, host_rate).map_err(|e| {
+        PluginError::Resample {
+            rate: host_rate,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(Clip::new(
+        meta.id.key(),
+        samples,
+        host_rate,
+        meta.beats(),
+        meta.tempo,
+    ))
+}
+
+/// Saves a finished generation as a take, selects it and hands it to the audio
+/// thread at the host's rate.
+fn save_take(owner: &Owner, job: &Arc<Job>, finished: FinishedTake) {
+    let Some(i) = owner.upgrade() else {
+        return job_cancelled(job);
+    };
+    let plan = &job.plan;
+    let FinishedTake {
+        request,
+        pcm,
+        sample_rate,
+    } = finished;
+    if let Err(e) = files::write_take(&plan.file, &pcm, sample_rate) {
+        return job_failed(owner, job, e);
+    }
+    let meta = TakeMeta {
+        id: job.take_id.clone(),
+        request,
+        engine_version: musicgen::ENGINE_VERSION.to_string(),
+        seconds: pcm.len() as f64 / sample_rate as f64,
+        samples: pcm.len(),
+        sample_rate,
+        tempo: plan.tempo,
+        bars: plan.bars,
+        time_signature: plan.time_signature,
+        created: unix_now(),
+        file: plan.file.clone(),
+        hidden: false,
+    };
+    let pcm = Arc::new(pcm);
+    i.session().write().add_take(Take {
+        meta: meta.clone(),
+        status: TakeStatus::Ready,
+        pcm: Some(pcm.clone()),
+        clip: None,
+    });
+    prepare_clip(&*i, &meta, &pcm);
+    COUNTERS.jobs_done.fetch_add(1, Ordering::Relaxed);
+    job.set_stage(JobStage::Done);
+}
+
+/// Resamples one take for the host's current rate (again, should the rate change
+/// meanwhile) and gives the audio thread the new clip if the take is selected.
+fn prepare_clip(i: &dyn TakeOwner, meta: &TakeMeta, pcm: &[f32]) {
+    loop {
+        let rate = i.host_rate();
+        if rate == 0 {
+            return; // not active yet; `activate` refreshes
+        }
+        let clip = match resample(meta, pcm, rate) {
+            Ok(c) => c,
+            Err(e) => {
+                let missing = TakeStatus::Missing(e.to_string());
+                i.session().write().set_status(&meta.id, missing);
+                return;
+            }
+        };
+        if i.host_rate() != rate {
+            continue;
+        }
+        if i.session().write().set_clip(&meta.id, clip.clone()) {
+            i.audio().send(AudioCommand::Select(Some(clip)));
+        }
+        return;
+    }
+}
+
+/// Loads takes whose audio is not in memory, then resamples every take whose
+/// clip is not at the host's rate, the selected one first.
+fn load_and_prepare(i: &dyn TakeOwner) {
+    let to_load: Vec<TakeMeta> = i
+        .session()
+        .read()
+        .takes()
+        .iter()
+        .filter(|t| t.pcm.is_none() && t.status == TakeStatus::Loading)
+        .map(|t| t.meta.clone())
+        .collect();
+    for meta in to_load {
+        let loaded = files::read_take(&meta);
+        let mut session = i.session().write();
+        match loaded {
+            Ok(pcm) => session.set_audio(&meta.id, Arc::new(pcm)),
+            Err(e) => session.set_status(&meta.id, TakeStatus::Missing(e.to_string())),
+        }
+    }
+    let rate = i.host_rate();
+    let (stale, selected) = {
+        let session = i.session().read();
+        let stale: Vec<(TakeMeta, Arc<Vec<f32>>)> = session
+            .takes()
+            .iter()
+            .filter(|t| t.clip.as_ref().is_none_or(|c| c.sample_rate != rate))
+            .filter_map(|t| Some((t.meta.clone(), t.pcm.clone()?)))
+            .collect();
+        (stale, session.selected().cloned())
+    };
+    // The selected take first: it is the one the producer hears.
+    let (first, rest): (Vec<_>, Vec<_>) = stale
+        .into_iter()
+        .partition(|(m, _)| Some(&m.id) == selected.as_ref());
+    for (meta, pcm) in first.into_iter().chain(rest) {
+        prepare_clip(i, &meta, &pcm);
+    }
+    if selected.is_none() {
+        i.audio().send(AudioCommand::Select(None));
+    }
+}
