@@ -232,18 +232,8 @@ fn drag_loop(
             Event::MotionNotify(m) if dropped_at.is_none() => {
                 let now = target_at(conn, root, source, atoms)?;
                 if now.map(|t| t.0) != target.map(|t| t.0) {
-                    if let Some((old, _)) = target {
-                        send(conn, old, atoms.leave, [source, 0, 0, 0, 0])?;
-                    }
+                    change_target(conn, source, atoms, target, now)?;
                     accepted = false;
-                    if let Some((new, version)) = now {
-                        send(
-                            conn,
-                            new,
-                            atoms.enter,
-                            [source, version << 24, atoms.uri_list, 0, 0],
-                        )?;
-                    }
                     target = now;
                 }
                 if let Some((t, _)) = target {
@@ -274,50 +264,84 @@ fn drag_loop(
                 None => return Ok(false),
             },
             Event::SelectionRequest(r) if r.selection == atoms.selection => {
-                let property = if r.property == NONE {
-                    r.target
-                } else {
-                    r.property
-                };
-                let ok = if r.target == atoms.uri_list {
-                    conn.change_property8(
-                        PropMode::REPLACE,
-                        r.requestor,
-                        property,
-                        atoms.uri_list,
-                        uris.as_bytes(),
-                    )
-                    .map_err(err)?;
-                    true
-                } else if r.target == atoms.targets {
-                    conn.change_property32(
-                        PropMode::REPLACE,
-                        r.requestor,
-                        property,
-                        AtomEnum::ATOM,
-                        &[atoms.targets, atoms.uri_list],
-                    )
-                    .map_err(err)?;
-                    true
-                } else {
-                    false
-                };
-                let notify = SelectionNotifyEvent {
-                    response_type: SELECTION_NOTIFY_EVENT,
-                    sequence: 0,
-                    time: r.time,
-                    requestor: r.requestor,
-                    selection: r.selection,
-                    target: r.target,
-                    property: if ok { property } else { NONE },
-                };
-                conn.send_event(false, r.requestor, EventMask::NO_EVENT, notify)
-                    .map_err(err)?;
-                conn.flush().map_err(err)?;
+                answer_selection(conn, atoms, uris, &r)?
             }
             Event::ClientMessage(c) if c.type_ == atoms.finished => return Ok(true),
             _ => {}
         }
     }
     Err("the drag did not end".into())
+}
+
+/// Leaves the window the pointer left and enters the one it is over now.
+fn change_target(
+    conn: &RustConnection,
+    source: Window,
+    atoms: &Atoms,
+    old: Option<(Window, u32)>,
+    new: Option<(Window, u32)>,
+) -> Result<(), String> {
+    if let Some((old, _)) = old {
+        send(conn, old, atoms.leave, [source, 0, 0, 0, 0])?;
+    }
+    if let Some((new, version)) = new {
+        send(
+            conn,
+            new,
+            atoms.enter,
+            [source, version << 24, atoms.uri_list, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Answers the drop target's request for the dragged data (the uri-list, or
+/// the list of targets offered).
+fn answer_selection(
+    conn: &RustConnection,
+    atoms: &Atoms,
+    uris: &str,
+    r: &x11rb::protocol::xproto::SelectionRequestEvent,
+) -> Result<(), String> {
+    let property = if r.property == NONE {
+        r.target
+    } else {
+        r.property
+    };
+    let ok = if r.target == atoms.uri_list {
+        conn.change_property8(
+            PropMode::REPLACE,
+            r.requestor,
+            property,
+            atoms.uri_list,
+            uris.as_bytes(),
+        )
+        .map_err(err)?;
+        true
+    } else if r.target == atoms.targets {
+        conn.change_property32(
+            PropMode::REPLACE,
+            r.requestor,
+            property,
+            AtomEnum::ATOM,
+            &[atoms.targets, atoms.uri_list],
+        )
+        .map_err(err)?;
+        true
+    } else {
+        false
+    };
+    let notify = SelectionNotifyEvent {
+        response_type: SELECTION_NOTIFY_EVENT,
+        sequence: 0,
+        time: r.time,
+        requestor: r.requestor,
+        selection: r.selection,
+        target: r.target,
+        property: if ok { property } else { NONE },
+    };
+    conn.send_event(false, r.requestor, EventMask::NO_EVENT, notify)
+        .map_err(err)?;
+    conn.flush().map_err(err)?;
+    Ok(())
 }
