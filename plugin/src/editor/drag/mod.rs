@@ -19,9 +19,9 @@
 //! has ended (`DragEnded`) and the editor gives egui the release it missed.
 
 #[cfg(target_os = "macos")]
-mod macos;
+mod appkit;
 #[cfg(windows)]
-mod windows;
+mod ole;
 #[cfg(target_os = "linux")]
 pub mod x11;
 
@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Starts a drag of files out of the window (per platform: `x11`, `windows`, `macos`).
+/// Starts a drag of files out of the window (per platform: `x11`, `ole`, `appkit`).
 pub trait FileDrag: Send {
     /// Begins dragging `paths`; returns an error in words when it cannot.
     fn start(&mut self, paths: Vec<PathBuf>) -> Result<(), String>;
@@ -163,7 +163,7 @@ pub fn platform_drag(window: NativeWindow, ended: DragEnded) -> Option<Box<dyn F
     #[cfg(windows)]
     {
         window.hwnd.map(|hwnd| {
-            Box::new(windows::OleSource {
+            Box::new(ole::OleSource {
                 hwnd,
                 ended,
                 errors: DragErrors::default(),
@@ -174,7 +174,7 @@ pub fn platform_drag(window: NativeWindow, ended: DragEnded) -> Option<Box<dyn F
     {
         window
             .ns_view
-            .map(|ns_view| Box::new(macos::AppKitSource { ns_view, ended }) as Box<dyn FileDrag>)
+            .map(|ns_view| Box::new(appkit::AppKitSource { ns_view, ended }) as Box<dyn FileDrag>)
     }
     #[cfg(not(any(target_os = "linux", windows, target_os = "macos")))]
     {
