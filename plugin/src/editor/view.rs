@@ -153,10 +153,14 @@ impl EditorModel {
 
     fn drag_out(&mut self, id: &TakeId) -> Result<(), PluginError> {
         let path = self.export(id)?;
-        self.notice = match self.drag.as_mut() {
-            Some(d) => d.start(vec![path]).err(),
-            None => Some("Dragging is not available here: use Copy path".into()),
-        };
+        match self.drag.as_mut() {
+            Some(d) => {
+                if let Err(e) = d.start(vec![path]) {
+                    self.notice = Some(e);
+                }
+            }
+            None => self.notice = Some("Dragging is not available here: use Copy path".into()),
+        }
         Ok(())
     }
 }
