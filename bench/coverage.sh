@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Line coverage of the engine and the plugin with cargo-llvm-cov, over the same
+# tests `cargo xtask test` runs: the bundles the host tests load are built
+# instrumented too, so process() and the workers count when a host drives them.
+#
+#   rustup component add llvm-tools-preview && cargo install cargo-llvm-cov
+#   bench/coverage.sh            # summary per file; HTML in target/llvm-cov/html
+#
+# It builds everything again, instrumented, in target/llvm-cov-target (about
+# 20 minutes and 4 GB on a 2-core machine). Not part of CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-llvm-cov >/dev/null || {
+    echo "cargo-llvm-cov is missing: cargo install cargo-llvm-cov" >&2
+    exit 1
+}
+# shellcheck disable=SC1090
+source <(cargo llvm-cov show-env --export-prefix)
+cargo llvm-cov clean --workspace
+cargo xtask test
+# The bundled plugin libraries hold the code the host tests ran.
+objects=()
+while IFS= read -r -d '' so; do
+    objects+=(--object "$so")
+done < <(find "$CARGO_TARGET_DIR/bundled" -name '*.so' -print0)
+ignore='(test-support|tests/host|xtask)/'
+cargo llvm-cov report --ignore-filename-regex "$ignore" "${objects[@]}" --summary-only |
+    tee target/llvm-cov-summary.txt
+cargo llvm-cov report --ignore-filename-regex "$ignore" "${objects[@]}" --html >/dev/null
+echo "HTML: $CARGO_TARGET_DIR/../llvm-cov/html/index.html (or target/llvm-cov/html)"
