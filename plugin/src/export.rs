@@ -156,6 +156,7 @@ pub fn read_info(path: &Path) -> std::io::Result<Vec<([u8; 4], String)>> {
 
 /// A `text/uri-list` for files (RFC 2483): `file://` URIs, percent-encoded,
 /// CRLF-terminated, as XDND targets and file managers expect.
+#[cfg(any(target_os = "linux", test, feature = "test-hooks"))]
 pub fn uri_list(paths: &[PathBuf]) -> String {
     let mut out = String::new();
     for p in paths {
