@@ -14,7 +14,7 @@ use candle_nn::{kv_cache::KvCache, Embedding, LayerNorm, Linear, VarBuilder};
 use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
-use crate::gemv::Workers;
+use crate::gemv::ComputeThreads;
 
 /// A bias-free projection: a float matrix, or a quantized one (candle's quantized
 /// matmul). A matrix whose inner size is not a multiple of the format's block
@@ -119,7 +119,7 @@ impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             // A decoder step's one or two rows stream the weights once (see gemv).
-            Proj::Dense(l) => match crate::gemv::try_small_matmul(Workers::Rayon, x, l.weight())? {
+            Proj::Dense(l) => match crate::gemv::try_small_matmul(ComputeThreads::Rayon, x, l.weight())? {
                 Some(y) => Ok(y),
                 None => l.forward(x),
             },
@@ -178,7 +178,7 @@ struct SelfAttention {
     kv_dtype: DType,
     /// The cache as a growing pair of tensors, under `Ablation::kv_concat`.
     concat: Option<Option<(Tensor, Tensor)>>,
-    workers: Workers,
+    workers: ComputeThreads,
 }
 
 impl SelfAttention {
@@ -206,9 +206,9 @@ impl SelfAttention {
             },
             concat: None,
             workers: if quant.is_some() {
-                Workers::Candle
+                ComputeThreads::Candle
             } else {
-                Workers::Rayon
+                ComputeThreads::Rayon
             },
         })
     }
@@ -294,7 +294,7 @@ struct CrossAttention {
     /// `Ablation::cross_kv_every_step`.
     states: Option<Tensor>,
     every_step: bool,
-    workers: Workers,
+    workers: ComputeThreads,
 }
 
 impl CrossAttention {
@@ -313,9 +313,9 @@ impl CrossAttention {
             states: None,
             every_step: false,
             workers: if quant.is_some() {
-                Workers::Candle
+                ComputeThreads::Candle
             } else {
-                Workers::Rayon
+                ComputeThreads::Rayon
             },
         })
     }

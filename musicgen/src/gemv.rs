@@ -28,7 +28,7 @@ impl SharedOut {
 
 /// Which threads run the kernels here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
+pub enum ComputeThreads {
     /// The current rayon pool (the engine's compute pool).
     Rayon,
     /// candle's own CPU workers, which run its quantized kernels and spin for a
@@ -39,13 +39,13 @@ pub enum Workers {
 
 /// Runs `f` over `0..n` in parallel on `workers`.
 fn on_compute_threads(
-    workers: Workers,
+    workers: ComputeThreads,
     n: usize,
     f: impl Fn(std::ops::Range<usize>) + Sync + Send,
 ) {
     match workers {
-        Workers::Candle => candle_core::utils::barrier_pool().execute_chunked(n, f),
-        Workers::Rayon => {
+        ComputeThreads::Candle => candle_core::utils::barrier_pool().execute_chunked(n, f),
+        ComputeThreads::Rayon => {
             use rayon::prelude::*;
             (0..n).into_par_iter().for_each(|i| f(i..i + 1));
         }
@@ -304,7 +304,7 @@ fn task(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
 /// `y = x · wᵀ` for `x` of `m` rows of length `k` and `w` of `n` rows of length `k`;
 /// `y` is `m` rows of length `n`. Runs on the current rayon pool.
 pub fn rows_times_transposed(
-    workers: Workers,
+    workers: ComputeThreads,
     x: &[f32],
     m: usize,
     w: &[f32],
@@ -346,7 +346,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f
 
 /// `x · weightᵀ` by the streaming path when `x` is a few f32 rows on the CPU and
 /// both tensors are contiguous; `None` when it does not apply.
-pub fn try_small_matmul(workers: Workers, x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+pub fn try_small_matmul(workers: ComputeThreads, x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return Ok(None);
     }
@@ -393,7 +393,7 @@ fn dot_auto(a: &[f32], b: &[f32]) -> f32 {
 /// the cache once, with no copies of it.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_one<T: KvElem>(
-    workers: Workers,
+    workers: ComputeThreads,
     q: &[f32],
     k: &[T],
     v: &[T],
@@ -433,7 +433,7 @@ fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32
 /// cache buffers `(b, h, cap, dh)` in f32 or f16, of which the first `len`
 /// positions are filled. `None` when not on the CPU or not contiguous.
 pub fn try_attend_one(
-    workers: Workers,
+    workers: ComputeThreads,
     q: &Tensor,
     k_all: &Tensor,
     v_all: &Tensor,
@@ -488,17 +488,17 @@ mod tests {
         let v: Vec<f32> = (0..pairs * cap * dh)
             .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
             .collect();
-        let out = attend_one(Workers::Rayon, &q, &k, &v, pairs, cap, len, dh);
+        let out = attend_one(ComputeThreads::Rayon, &q, &k, &v, pairs, cap, len, dh);
         // An f16 cache gives the same to f16 precision.
         let k16: Vec<half::f16> = k.iter().map(|&x| half::f16::from_f32(x)).collect();
         let v16: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-        let out16 = attend_one(Workers::Rayon, &q, &k16, &v16, pairs, cap, len, dh);
+        let out16 = attend_one(ComputeThreads::Rayon, &q, &k16, &v16, pairs, cap, len, dh);
         for (a, b) in out.iter().zip(&out16) {
             assert!((a - b).abs() < 2e-3, "{a} vs {b}");
         }
         assert_eq!(
             out,
-            attend_one(Workers::Candle, &q, &k, &v, pairs, cap, len, dh)
+            attend_one(ComputeThreads::Candle, &q, &k, &v, pairs, cap, len, dh)
         );
         for p in 0..pairs {
             let scores: Vec<f64> = (0..len)
@@ -527,8 +527,8 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
             .collect();
-        let y = rows_times_transposed(Workers::Rayon, &x, m, &w, n, k);
-        assert_eq!(y, rows_times_transposed(Workers::Candle, &x, m, &w, n, k));
+        let y = rows_times_transposed(ComputeThreads::Rayon, &x, m, &w, n, k);
+        assert_eq!(y, rows_times_transposed(ComputeThreads::Candle, &x, m, &w, n, k));
         for r in 0..m {
             for j in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[j * k + i]).sum();
@@ -545,7 +545,7 @@ mod tests {
             .reshape((3, 4))
             .unwrap();
         let x = Tensor::new(&[[[1f32, 0., -1., 2.]], [[0.5, 0.5, 0.5, 0.5]]], &dev).unwrap();
-        let got = try_small_matmul(Workers::Rayon, &x, &w).unwrap().unwrap();
+        let got = try_small_matmul(ComputeThreads::Rayon, &x, &w).unwrap().unwrap();
         let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
         assert_eq!(got.dims(), &[2, 1, 3]);
         assert_eq!(
@@ -554,13 +554,13 @@ mod tests {
         );
         // Too many rows, or a transposed (non-contiguous) input: not this path.
         let many = Tensor::zeros((8, 4), DType::F32, &dev).unwrap();
-        assert!(try_small_matmul(Workers::Rayon, &many, &w)
+        assert!(try_small_matmul(ComputeThreads::Rayon, &many, &w)
             .unwrap()
             .is_none());
         let wt = Tensor::zeros((4, 3), DType::F32, &dev)
             .unwrap()
             .t()
             .unwrap();
-        assert!(try_small_matmul(Workers::Rayon, &x, &wt).unwrap().is_none());
+        assert!(try_small_matmul(ComputeThreads::Rayon, &x, &wt).unwrap().is_none());
     }
 }

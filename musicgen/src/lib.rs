@@ -30,7 +30,7 @@ pub mod config;
 pub mod decoder;
 pub mod encodec;
 pub mod error;
-pub mod gemv;
+mod gemv;
 pub mod hub;
 pub mod metrics;
 pub mod model;
