@@ -6,8 +6,8 @@
 #   rustup component add llvm-tools-preview && cargo install cargo-llvm-cov
 #   bench/coverage.sh            # summary per file; HTML in target/llvm-cov/html
 #
-# It builds everything again, instrumented, in target/llvm-cov-target (about
-# 20 minutes and 4 GB on a 2-core machine). Not part of CI.
+# It builds everything again, instrumented, (our crates only,
+# through cargo-llvm-cov's rustc wrapper; about 10 minutes on 2 cores). Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-llvm-cov >/dev/null || {
@@ -17,14 +17,15 @@ command -v cargo-llvm-cov >/dev/null || {
 # shellcheck disable=SC1090
 source <(cargo llvm-cov show-env --export-prefix)
 cargo llvm-cov clean --workspace
-cargo xtask test
+# Every test binary runs, whatever one of them does.
+cargo xtask test --no-fail-fast || echo "coverage: some tests failed; the report covers what ran" >&2
 # The bundled plugin libraries hold the code the host tests ran.
 objects=()
 while IFS= read -r -d '' so; do
     objects+=(--object "$so")
-done < <(find "$CARGO_TARGET_DIR/bundled" -name '*.so' -print0)
+done < <(find "${CARGO_LLVM_COV_TARGET_DIR:-target}/bundled" -name '*.so' -print0)
 ignore='(test-support|tests/host|xtask)/'
 cargo llvm-cov report --ignore-filename-regex "$ignore" "${objects[@]}" --summary-only |
     tee target/llvm-cov-summary.txt
 cargo llvm-cov report --ignore-filename-regex "$ignore" "${objects[@]}" --html >/dev/null
-echo "HTML: $CARGO_TARGET_DIR/../llvm-cov/html/index.html (or target/llvm-cov/html)"
+echo "HTML: target/llvm-cov/html/index.html"

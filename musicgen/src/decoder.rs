@@ -119,10 +119,12 @@ impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             // A decoder step's one or two rows stream the weights once (see gemv).
-            Proj::Dense(l) => match crate::gemv::try_small_matmul(ComputeThreads::Rayon, x, l.weight())? {
-                Some(y) => Ok(y),
-                None => l.forward(x),
-            },
+            Proj::Dense(l) => {
+                match crate::gemv::try_small_matmul(ComputeThreads::Rayon, x, l.weight())? {
+                    Some(y) => Ok(y),
+                    None => l.forward(x),
+                }
+            }
             Proj::Quantized(q) => q.forward(x),
         }
     }

@@ -320,8 +320,11 @@ impl Module for Lstm {
             let mut outputs = Vec::with_capacity(t);
             for step in 0..t {
                 // One row times W_hhᵀ per step: the streaming product (see gemv).
-                let hw = match crate::gemv::try_small_matmul(crate::gemv::ComputeThreads::Rayon, &h, w_hh)?
-                {
+                let hw = match crate::gemv::try_small_matmul(
+                    crate::gemv::ComputeThreads::Rayon,
+                    &h,
+                    w_hh,
+                )? {
                     Some(y) => y,
                     None => h.matmul(&w_hh.t()?)?,
                 };

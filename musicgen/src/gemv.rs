@@ -346,7 +346,11 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f
 
 /// `x · weightᵀ` by the streaming path when `x` is a few f32 rows on the CPU and
 /// both tensors are contiguous; `None` when it does not apply.
-pub fn try_small_matmul(workers: ComputeThreads, x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+pub fn try_small_matmul(
+    workers: ComputeThreads,
+    x: &Tensor,
+    weight: &Tensor,
+) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return Ok(None);
     }
@@ -528,7 +532,10 @@ mod tests {
             .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
             .collect();
         let y = rows_times_transposed(ComputeThreads::Rayon, &x, m, &w, n, k);
-        assert_eq!(y, rows_times_transposed(ComputeThreads::Candle, &x, m, &w, n, k));
+        assert_eq!(
+            y,
+            rows_times_transposed(ComputeThreads::Candle, &x, m, &w, n, k)
+        );
         for r in 0..m {
             for j in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[j * k + i]).sum();
@@ -545,7 +552,9 @@ mod tests {
             .reshape((3, 4))
             .unwrap();
         let x = Tensor::new(&[[[1f32, 0., -1., 2.]], [[0.5, 0.5, 0.5, 0.5]]], &dev).unwrap();
-        let got = try_small_matmul(ComputeThreads::Rayon, &x, &w).unwrap().unwrap();
+        let got = try_small_matmul(ComputeThreads::Rayon, &x, &w)
+            .unwrap()
+            .unwrap();
         let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
         assert_eq!(got.dims(), &[2, 1, 3]);
         assert_eq!(
@@ -561,6 +570,8 @@ mod tests {
             .unwrap()
             .t()
             .unwrap();
-        assert!(try_small_matmul(ComputeThreads::Rayon, &x, &wt).unwrap().is_none());
+        assert!(try_small_matmul(ComputeThreads::Rayon, &x, &wt)
+            .unwrap()
+            .is_none());
     }
 }
