@@ -135,8 +135,8 @@ fi
 
 # (b) the engine
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    echo "== cargo build --release -p musicgen" >&2
-    cargo build --release -p musicgen
+    echo "== cargo build --release -p musicgen --features bench" >&2
+    cargo build --release -p musicgen --features bench
 fi
 
 # run_one LABEL CMD...: run CMD with its stdout shown on stderr, append its last stdout line (JSON) to $results

@@ -523,6 +523,7 @@ impl Decoder {
     }
 
     /// Undoes optimisations for measuring them (see [`Ablation`]).
+    #[cfg(feature = "bench")]
     pub fn set_ablation(&mut self, ablation: Ablation) {
         for layer in self.layers.iter_mut() {
             layer.self_attn.concat = ablation.kv_concat.then_some(None);

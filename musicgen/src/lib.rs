@@ -25,6 +25,7 @@
 //! # Ok::<(), musicgen::Error>(())
 //! ```
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod decoder;
@@ -32,6 +33,7 @@ pub mod encodec;
 pub mod error;
 mod gemv;
 pub mod hub;
+#[cfg(feature = "bench")]
 pub mod metrics;
 pub mod model;
 pub mod request;

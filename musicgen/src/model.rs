@@ -363,6 +363,7 @@ impl MusicGen {
     }
 
     /// Undoes decoder optimisations, to measure what each buys (benchmarks only).
+    #[cfg(feature = "bench")]
     pub fn set_ablation(&mut self, ablation: crate::decoder::Ablation) {
         self.decoder.set_ablation(ablation);
     }

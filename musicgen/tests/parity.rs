@@ -154,6 +154,7 @@ fn generate_with_greedy_request_gives_reference_codes_and_audio() {
     assert!(e < TOL, "audio differs by {e}");
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn ablations_change_speed_not_results() {
     let mut model = load("tiny-b");

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use common::{model_dir, pool};
-use musicgen::{hub, CodeSource, LogitsProcessor, MusicGen, Precision, Sampling};
+use musicgen::{hub, CodeSource, MusicGen, Precision};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -121,6 +121,7 @@ fn load(dir: &Path, precision: Precision) -> MusicGen {
     MusicGen::load(&files, &Device::Cpu, precision, pool()).unwrap()
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn reduced_precisions_generate_and_stay_close_to_f32() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,12 +130,12 @@ fn reduced_precisions_generate_and_stay_close_to_f32() {
     let frames = 40;
     let cancel = AtomicBool::new(false);
     let mut reference = load(dir.path(), Precision::F32);
-    let sampling = Sampling::Sample {
+    let sampling = musicgen::Sampling::Sample {
         temperature: 1.0,
         top_k: Some(250),
         top_p: None,
     };
-    let mut sampler = LogitsProcessor::new(sampling, 5);
+    let mut sampler = musicgen::LogitsProcessor::new(sampling, 5);
     let (codes, ref_logits) = reference
         .codes_and_logits(
             prompt,

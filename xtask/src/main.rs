@@ -46,7 +46,7 @@ fn main() -> Result<()> {
                 "--workspace",
                 "--locked",
                 "--features",
-                "promptloop/test-hooks",
+                "promptloop/test-hooks,musicgen/bench",
             ];
             test.extend(rest.iter().map(String::as_str));
             cargo(&test)

@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use musicgen::Progress;
 
+#[cfg(feature = "bench")]
 mod bench;
 mod generate;
 
+#[cfg(feature = "bench")]
 use bench::BenchArgs;
 use generate::GenerateArgs;
 
@@ -39,6 +41,7 @@ enum Command {
     Generate(GenerateArgs),
     /// Time a generation stage by stage and compare it with this machine's memory
     /// bandwidth floor; optionally measure a precision's logits against f32.
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
 }
 
@@ -49,6 +52,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
