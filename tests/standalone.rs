@@ -3,7 +3,7 @@
 //! with status 0 soon after SIGINT.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_tests::{workspace, Xvfb};
@@ -30,15 +30,17 @@ fn standalone_opens_its_editor_and_exits_cleanly_on_sigint() {
     );
     let x = Xvfb::start("1280x1024x24");
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&exe)
-        .args(["--backend", "dummy", "--sample-rate", "48000"])
-        .env("DISPLAY", &x.display)
-        .env("LIBGL_ALWAYS_SOFTWARE", "1")
-        .env("PROMPTLOOP_DATA_DIR", data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the standalone starts");
+    let mut child = KillOnDrop(
+        Command::new(&exe)
+            .args(["--backend", "dummy", "--sample-rate", "48000"])
+            .env("DISPLAY", &x.display)
+            .env("LIBGL_ALWAYS_SOFTWARE", "1")
+            .env("PROMPTLOOP_DATA_DIR", data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the standalone starts"),
+    );
     let t0 = Instant::now();
     while !window_named(&x.display, "Promptloop") {
         if let Some(status) = child.try_wait().unwrap() {
@@ -82,4 +84,30 @@ fn standalone_opens_its_editor_and_exits_cleanly_on_sigint() {
         t0.elapsed()
     );
     assert!(status.success(), "exit status {status}");
+}
+
+/// The app under test, killed if the test fails before it exits, so no
+/// standalone outlives a failed run.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
