@@ -84,6 +84,13 @@ pub struct EncodecConfig {
     pub use_conv_shortcut: bool,
     #[serde(default)]
     pub normalize: bool,
+    /// kbps the codec can run at; the first sets how many quantizers encode.
+    #[serde(default = "default_bandwidths")]
+    pub target_bandwidths: Vec<f64>,
+}
+
+fn default_bandwidths() -> Vec<f64> {
+    vec![2.2]
 }
 
 fn default_trim_right_ratio() -> f64 {
@@ -103,6 +110,16 @@ impl EncodecConfig {
 
     pub fn codebook_dim(&self) -> usize {
         self.codebook_dim.unwrap_or(self.hidden_size)
+    }
+
+    /// Quantizers `encode` runs at its default bandwidth, as transformers'
+    /// `get_num_quantizers_for_bandwidth`: floor(kbps * 1000 / (bits per code *
+    /// ceil(frame rate))), at least 1 (4 for the published 32 kHz model, 2.2 kbps).
+    pub fn num_quantizers(&self) -> usize {
+        let bandwidth = self.target_bandwidths.first().copied().unwrap_or(2.2);
+        let bits = (self.codebook_size as f64).log2();
+        let frame_rate = self.frame_rate().ceil();
+        ((bandwidth * 1000.0 / (bits * frame_rate)).floor() as usize).max(1)
     }
 }
 
@@ -135,8 +152,31 @@ impl Config {
             }
         }
         let d = &self.decoder;
-        if d.audio_channels != 1 || self.audio_encoder.audio_channels != 1 {
-            return Err("stereo MusicGen checkpoints (audio_channels = 2) are not supported yet; use a mono checkpoint such as facebook/musicgen-small".into());
+        if d.audio_channels != 1 && d.audio_channels != 2 {
+            return Err(format!(
+                "decoder audio_channels {} is not supported (1 for mono, 2 for stereo)",
+                d.audio_channels
+            ));
+        }
+        if self.audio_encoder.audio_channels != 1 {
+            return Err(format!(
+                "EnCodec with {} audio channels is not supported (MusicGen's EnCodec is mono; stereo checkpoints run it per channel)",
+                self.audio_encoder.audio_channels
+            ));
+        }
+        let quantizers = self.audio_encoder.num_quantizers();
+        if d.num_codebooks != d.audio_channels * quantizers {
+            let kind = if d.audio_channels == 2 {
+                "stereo"
+            } else {
+                "mono"
+            };
+            return Err(format!(
+                "a {kind} checkpoint needs {} decoder codebooks ({} per channel, from EnCodec's bandwidth), this one has {}",
+                d.audio_channels * quantizers,
+                quantizers,
+                d.num_codebooks
+            ));
         }
         if d.activation_function != "gelu" {
             return Err(format!(

@@ -1,6 +1,7 @@
-//! The decoding half of EnCodec ("High Fidelity Neural Audio Compression",
-//! Défossez et al. 2022), after transformers' `modeling_encodec.py`: residual
-//! vector quantizer decode, then the SEANet decoder with its LSTM.
+//! EnCodec ("High Fidelity Neural Audio Compression", Défossez et al. 2022), after
+//! transformers' `modeling_encodec.py`: the SEANet encoder and residual vector
+//! quantization (audio to codes, for audio prompts), and the quantizer decode and
+//! SEANet decoder with its LSTM (codes to audio).
 //!
 //! candle-transformers' `encodec` cannot load MusicGen's codec: it refuses reflect
 //! padding, does not trim the transposed convolutions, and parses neither
@@ -104,13 +105,25 @@ impl Conv1d {
         dilation: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::strided(cfg, in_c, out_c, kernel_size, 1, dilation, vb)
+    }
+
+    fn strided(
+        cfg: &EncodecConfig,
+        in_c: usize,
+        out_c: usize,
+        kernel_size: usize,
+        stride: usize,
+        dilation: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let vb = vb.pp("conv");
         let weight = weight_norm(&vb, (out_c, in_c, kernel_size))?;
         Ok(Self {
             taps: weight.permute((2, 0, 1))?.contiguous()?,
             weight,
             bias: vb.get(out_c, "bias")?,
-            stride: 1,
+            stride,
             dilation,
             kernel_size,
             causal: cfg.use_causal_conv,
@@ -523,6 +536,152 @@ impl EncodecDecoder {
             Tensor::cat(&pieces, 2)?
         };
         y.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)
+    }
+}
+
+/// Audio to codes: the SEANet encoder, then residual vector quantization.
+#[derive(Debug, Clone)]
+pub struct EncodecEncoder {
+    layers: Vec<Layer>,
+    /// Per quantizer layer, the codebook (codebook_size, codebook_dim).
+    codebooks: Vec<Tensor>,
+    /// Per codebook, the squared norm of every code, (1, codebook_size).
+    code_norms: Vec<Tensor>,
+    hop_length: usize,
+}
+
+impl EncodecEncoder {
+    /// `vb` points at the composite checkpoint's `audio_encoder` prefix;
+    /// `num_codebooks` is the number of quantizers to run (see
+    /// [`EncodecConfig::num_quantizers`]).
+    pub fn new(cfg: &EncodecConfig, num_codebooks: usize, vb: VarBuilder) -> Result<Self> {
+        if cfg.audio_channels != 1 {
+            bail!(
+                "EnCodec with {} audio channels is not supported",
+                cfg.audio_channels
+            );
+        }
+        let codebooks = (0..num_codebooks)
+            .map(|i| {
+                vb.pp("quantizer")
+                    .pp("layers")
+                    .pp(i)
+                    .pp("codebook")
+                    .get((cfg.codebook_size, cfg.codebook_dim()), "embed")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let code_norms = codebooks
+            .iter()
+            .map(|c| c.sqr()?.sum_keepdim(1)?.t())
+            .collect::<Result<Vec<_>>>()?;
+        let vb = vb.pp("encoder").pp("layers");
+        let mut idx = 0usize;
+        let mut next = || {
+            idx += 1;
+            idx - 1
+        };
+        let nf = cfg.num_filters;
+        let mut layers = vec![Layer::Conv(Conv1d::new(
+            cfg,
+            cfg.audio_channels,
+            nf,
+            cfg.kernel_size,
+            1,
+            vb.pp(next()),
+        )?)];
+        let mut scaling = 1usize;
+        for &ratio in cfg.upsampling_ratios.iter().rev() {
+            let scale = scaling * nf;
+            for j in 0..cfg.num_residual_layers {
+                let dilation = cfg.dilation_growth_rate.pow(j as u32);
+                layers.push(Layer::Resnet(ResnetBlock::new(
+                    cfg,
+                    scale,
+                    [dilation, 1],
+                    vb.pp(next()),
+                )?));
+            }
+            next();
+            layers.push(Layer::Elu);
+            layers.push(Layer::Conv(Conv1d::strided(
+                cfg,
+                scale,
+                scale * 2,
+                ratio * 2,
+                ratio,
+                1,
+                vb.pp(next()),
+            )?));
+            scaling *= 2;
+        }
+        layers.push(Layer::Lstm(Lstm::new(
+            scaling * nf,
+            cfg.num_lstm_layers,
+            vb.pp(next()),
+        )?));
+        next();
+        layers.push(Layer::Elu);
+        layers.push(Layer::Conv(Conv1d::new(
+            cfg,
+            scaling * nf,
+            cfg.hidden_size,
+            cfg.last_kernel_size,
+            1,
+            vb.pp(next()),
+        )?));
+        Ok(Self {
+            layers,
+            codebooks,
+            code_norms,
+            hop_length: cfg.hop_length(),
+        })
+    }
+
+    pub fn num_codebooks(&self) -> usize {
+        self.codebooks.len()
+    }
+
+    /// The SEANet encoder's output `(1, hidden, frames)` for mono PCM: one frame
+    /// per `hop_length` samples, the last one padded.
+    pub fn embeddings(&self, pcm: &Tensor) -> Result<Tensor> {
+        let n = pcm.dim(0)?;
+        if n == 0 {
+            bail!("EnCodec encode needs at least one sample");
+        }
+        let x = pcm.to_dtype(DType::F32)?.reshape((1, 1, n))?;
+        EncodecDecoder::run(&self.layers, x)
+    }
+
+    /// Residual vector quantization of embeddings `(1, hidden, frames)`: per
+    /// codebook, the nearest code by squared distance (computed as the reference
+    /// does, `|r|² - 2 r·e + |e|²`), subtracted before the next. Codes
+    /// `(codebooks, frames)`, u32.
+    pub fn quantize(&self, embeddings: &Tensor) -> Result<Tensor> {
+        let mut residual = embeddings.squeeze(0)?.t()?.contiguous()?; // (frames, dim)
+        let mut rows = Vec::with_capacity(self.codebooks.len());
+        for (codebook, norms) in self.codebooks.iter().zip(&self.code_norms) {
+            let r2 = residual.sqr()?.sum_keepdim(1)?; // (frames, 1)
+            let dots = residual.matmul(&codebook.t()?)?; // (frames, codes)
+            let dist = (r2.broadcast_sub(&(dots * 2.0)?)?).broadcast_add(norms)?;
+            let idx = dist.argmin_keepdim(1)?.squeeze(1)?; // (frames,)
+            residual = (residual - codebook.embedding(&idx)?)?;
+            rows.push(idx);
+        }
+        Tensor::stack(&rows, 0)
+    }
+
+    /// Mono PCM at the codec's rate to codes `(codebooks, ceil(samples / hop))`.
+    pub fn encode(&self, pcm: &Tensor) -> Result<Tensor> {
+        let emb = self.embeddings(pcm)?;
+        let frames = pcm.dim(0)?.div_ceil(self.hop_length);
+        if emb.dim(2)? != frames {
+            bail!(
+                "EnCodec encoder gave {} frames for {} samples, expected {frames}",
+                emb.dim(2)?,
+                pcm.dim(0)?
+            );
+        }
+        self.quantize(&emb)
     }
 }
 

@@ -35,6 +35,29 @@ pub enum Error {
         source: candle_core::Error,
     },
 
+    /// Audio (a prompt, a melody) with no samples.
+    #[error("the {what} has no samples")]
+    EmptyAudio { what: &'static str },
+
+    /// An audio prompt shorter than one code frame.
+    #[error("the audio prompt is {samples} samples at {sample_rate} Hz; at least one frame ({min} samples at that rate) is needed")]
+    AudioTooShort {
+        samples: usize,
+        sample_rate: u32,
+        min: usize,
+    },
+
+    /// Multi-channel audio whose channels differ in length.
+    #[error("the {what}'s channels have different lengths: {lengths:?} samples")]
+    ChannelLengths {
+        what: &'static str,
+        lengths: Vec<usize>,
+    },
+
+    /// A WAV file that cannot be read as audio.
+    #[error("cannot read the WAV file {}: {reason}", path.display())]
+    BadWav { path: PathBuf, reason: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

@@ -1,6 +1,9 @@
 //! The whole pipeline, after transformers' `MusicgenForConditionalGeneration`:
 //! prompt -> tokenizer -> T5 -> (projection) -> decoder loop with the codebook
-//! delay pattern and classifier-free guidance -> EnCodec -> 32 kHz PCM.
+//! delay pattern and classifier-free guidance -> EnCodec -> 32 kHz PCM; an audio
+//! prompt goes through the EnCodec encoder first and its codes lead the decoder
+//! input (`generate(input_values=...)`). Takes over 30 s are generated in windows
+//! as audiocraft's `MusicGen.generate` does with `extend_stride`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,11 +16,12 @@ use candle_transformers::models::t5;
 
 use crate::config::{Config, GenerationConfig};
 use crate::decoder::Decoder;
-use crate::encodec::EncodecDecoder;
+use crate::encodec::{EncodecDecoder, EncodecEncoder};
 use crate::error::{Error, Result};
 use crate::hub::{self, DownloadProgress, HubOptions, ModelFiles};
 use crate::request::{
-    DeviceChoice, GenerationDefaults, GenerationRequest, ModelSource, Precision, MAX_PROMPT_TOKENS,
+    DeviceChoice, GenerationDefaults, GenerationRequest, ModelSource, Pcm, Precision, MAX_FRAMES,
+    MAX_PROMPT_TOKENS,
 };
 use crate::sampling::LogitsProcessor;
 
@@ -27,7 +31,15 @@ pub enum Progress {
     Download(DownloadProgress),
     Loading,
     EncodingText,
-    /// Decoder step `step` of `total` is done.
+    /// The audio prompt goes through the EnCodec encoder.
+    EncodingAudio,
+    /// Window `index` (from 1) of `count` starts; its steps follow. Takes up to
+    /// 30 s are one window.
+    Window {
+        index: usize,
+        count: usize,
+    },
+    /// Decoder step `step` of `total` (of the current window) is done.
     Step {
         step: usize,
         total: usize,
@@ -51,6 +63,8 @@ pub type LogitsObserver<'a> = &'a mut dyn FnMut(usize, &Tensor);
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {
     pub text: Duration,
+    /// The EnCodec encoder on the audio prompt.
+    pub prompt_audio: Duration,
     /// One entry per decoder step.
     pub steps: Vec<Duration>,
     pub audio: Duration,
@@ -59,12 +73,61 @@ pub struct Timings {
 /// A finished generation.
 #[derive(Debug, Clone)]
 pub struct Generation {
-    /// `(codebooks, frames)`, the delay pattern undone.
+    /// `(codebooks, frames)` in the decoder's order (stereo: even rows left, odd
+    /// rows right), the delay pattern undone; the audio prompt's frames first.
     pub codes: Vec<Vec<u32>>,
-    /// Mono PCM at `sample_rate`, `frames * hop_length` samples.
+    /// PCM at `sample_rate`, `frames * hop_length` samples per channel,
+    /// interleaved when `channels` is 2. Holds the audio prompt's frames too.
     pub audio: Vec<f32>,
     pub sample_rate: u32,
+    /// 1 for mono checkpoints, 2 for stereo ones.
+    pub channels: usize,
+    /// Frames at the start of `codes` (and `audio`) that come from the audio
+    /// prompt (after trimming it to one window minus the stride); 0 without one.
+    pub prompt_frames: usize,
     pub timings: Timings,
+}
+
+impl Generation {
+    /// Samples per channel.
+    pub fn len(&self) -> usize {
+        self.audio.len() / self.channels.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.audio.is_empty()
+    }
+
+    /// The interleaved PCM after the audio prompt: what a continuation adds.
+    pub fn continuation(&self) -> &[f32] {
+        let hop = self.len() / self.codes.first().map(|r| r.len()).unwrap_or(1).max(1);
+        &self.audio[(self.prompt_frames * hop * self.channels).min(self.audio.len())..]
+    }
+}
+
+/// The windows a take of `total` frames (audio prompt included) is made in, when
+/// its first window starts from `prompt` frames: `(start, frames)` per window, in
+/// frames of the take. audiocraft's loop: each window after the first starts
+/// `stride` frames after the one before, with that window's last `window - stride`
+/// frames as its prompt.
+pub fn plan_windows(
+    total: usize,
+    prompt: usize,
+    window: usize,
+    stride: usize,
+) -> Vec<(usize, usize)> {
+    if total <= window || stride == 0 || stride >= window {
+        return vec![(0, total)];
+    }
+    let mut out = Vec::new();
+    let (mut offset, mut prompt_len) = (0, prompt);
+    while offset + prompt_len < total {
+        let len = (total - offset).min(window);
+        out.push((offset, len));
+        prompt_len = len.saturating_sub(stride);
+        offset += stride;
+    }
+    out
 }
 
 /// A dedicated rayon pool for the engine's compute, so a generation neither
@@ -215,6 +278,9 @@ pub struct MusicGen {
     enc_to_dec_proj: Option<Linear>,
     decoder: Decoder,
     audio: EncodecDecoder,
+    audio_in: EncodecEncoder,
+    /// 1 (mono) or 2 (stereo: codebooks interleaved left, right).
+    channels: usize,
     device: Device,
     precision: Precision,
     pool: Arc<rayon::ThreadPool>,
@@ -315,7 +381,9 @@ impl MusicGen {
                 .unwrap_or_default();
             crate::decoder::Quantizer::new(dtype, cached)
         });
-        let (text_encoder, enc_to_dec_proj, decoder, audio) = pool
+        let channels = config.decoder.audio_channels;
+        let per_channel = config.decoder.num_codebooks / channels;
+        let (text_encoder, enc_to_dec_proj, decoder, audio, audio_in) = pool
             .install(|| -> candle_core::Result<_> {
                 let text_encoder =
                     t5::T5EncoderModel::load(vb.pp("text_encoder"), &config.text_encoder)?;
@@ -332,10 +400,15 @@ impl MusicGen {
                 )?;
                 let audio = EncodecDecoder::new(
                     &config.audio_encoder,
-                    config.decoder.num_codebooks,
+                    per_channel,
                     vb.pp("audio_encoder"),
                 )?;
-                Ok((text_encoder, enc_to_dec_proj, decoder, audio))
+                let audio_in = EncodecEncoder::new(
+                    &config.audio_encoder,
+                    per_channel,
+                    vb.pp("audio_encoder"),
+                )?;
+                Ok((text_encoder, enc_to_dec_proj, decoder, audio, audio_in))
             })
             .map_err(weights_err)?;
         if let (Some(q), Some(file)) = (&quantizer, &cache_file) {
@@ -356,6 +429,8 @@ impl MusicGen {
             enc_to_dec_proj,
             decoder,
             audio,
+            audio_in,
+            channels,
             device: device.clone(),
             precision,
             pool,
@@ -387,6 +462,24 @@ impl MusicGen {
 
     pub fn num_codebooks(&self) -> usize {
         self.config.decoder.num_codebooks
+    }
+
+    /// Audio channels: 1, or 2 for the stereo checkpoints.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Frames in one decoder window (30 s, or fewer where the checkpoint's
+    /// positions run out first).
+    pub fn window_frames(&self) -> usize {
+        let max_delay = self.num_codebooks() / self.channels - 1;
+        MAX_FRAMES.min(self.decoder.max_positions().saturating_sub(max_delay + 1))
+    }
+
+    /// Frames a window after the first adds, for a stride in seconds: audiocraft's
+    /// `int(frame_rate * extend_stride)`.
+    pub fn stride_frames(&self, stride_s: f64) -> usize {
+        (self.frame_rate() * stride_s) as usize
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -450,6 +543,40 @@ impl MusicGen {
         conditioning: Option<&Tensor>,
         frames: usize,
         guidance_scale: f64,
+        codes_from: CodeSource<'_>,
+        on_logits: Option<LogitsObserver<'_>>,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+        step_times: &mut Vec<Duration>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let prompt = vec![Vec::new(); self.num_codebooks()];
+        self.continue_codes(
+            conditioning,
+            &prompt,
+            frames,
+            guidance_scale,
+            codes_from,
+            on_logits,
+            progress,
+            cancel,
+            step_times,
+        )
+    }
+
+    /// One window of the decoder loop after `prompt` codes `(codebooks, prompt
+    /// frames)`, as transformers' `generate` with `decoder_input_ids` from an audio
+    /// prompt: the start column and the prompt, in the delay pattern, run as one
+    /// prefill; then one step per column until `new_frames` frames follow the
+    /// prompt. Returns prompt + new codes `(codebooks, prompt + new frames)`.
+    /// `on_logits` sees each step's guided logits `(codebooks, vocab)`; forced
+    /// codes index the whole take, prompt included.
+    #[allow(clippy::too_many_arguments)]
+    pub fn continue_codes(
+        &mut self,
+        conditioning: Option<&Tensor>,
+        prompt: &[Vec<u32>],
+        new_frames: usize,
+        guidance_scale: f64,
         mut codes_from: CodeSource<'_>,
         mut on_logits: Option<LogitsObserver<'_>>,
         progress: &mut dyn FnMut(Progress),
@@ -457,15 +584,31 @@ impl MusicGen {
         step_times: &mut Vec<Duration>,
     ) -> Result<Vec<Vec<u32>>> {
         let k = self.num_codebooks();
-        let steps = frames + k - 1;
-        if frames == 0 {
+        let ch = self.channels;
+        if new_frames == 0 {
             return Err(Error::InvalidRequest("zero frames asked".into()));
         }
-        // The delay pattern's start column plus one column per step.
-        if steps + 1 > self.decoder.max_positions() {
+        let p = prompt.first().map(|r| r.len()).unwrap_or(0);
+        if prompt.len() != k || prompt.iter().any(|r| r.len() != p) {
+            return Err(Error::InvalidRequest(format!(
+                "prompt codes must be {k} rows of one length"
+            )));
+        }
+        let vocab = self.config.decoder.vocab_size as u32;
+        if let Some(bad) = prompt.iter().flatten().find(|&&c| c >= vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "prompt code {bad} is outside the codebook (0..{vocab})"
+            )));
+        }
+        let frames = p + new_frames;
+        // Stereo codebooks 2c and 2c + 1 share codebook c's delay.
+        let max_delay = k / ch - 1;
+        let last_column = frames + max_delay;
+        // The start column plus one column per frame and delay.
+        if last_column + 1 > self.decoder.max_positions() {
             return Err(Error::InvalidRequest(format!(
                 "{frames} frames need {} decoder positions; this checkpoint has {}",
-                steps + 1,
+                last_column + 1,
                 self.decoder.max_positions()
             )));
         }
@@ -485,22 +628,54 @@ impl MusicGen {
         let device = self.device.clone();
         let decoder = &mut self.decoder;
         let pool = self.pool.clone();
+        let mut codes: Vec<Vec<u32>> = prompt
+            .iter()
+            .map(|r| {
+                let mut row = r.clone();
+                row.resize(frames, pad);
+                row
+            })
+            .collect();
+        // Column j of the delay pattern: codebook c holds frame j - delay(c) - 1
+        // when in range, else padding.
+        let column_of = |codes: &[Vec<u32>], j: usize, out: &mut Vec<u32>| {
+            for (c, row) in codes.iter().enumerate() {
+                let d = c / ch;
+                out.push(if j > d && j <= d + frames {
+                    row[j - d - 1]
+                } else {
+                    pad
+                });
+            }
+        };
 
-        pool.install(|| decoder.reset(conditioning, steps + 1))?;
-        let mut column = vec![pad; k];
-        let mut codes = vec![vec![pad; frames]; k];
-        let mut input = Vec::with_capacity(batch * k);
+        pool.install(|| decoder.reset(conditioning, last_column + 1))?;
+        // Columns 0..=p hold only the start token, the prompt and padding: one prefill.
+        let mut input = Vec::with_capacity(batch * k * (p + 1));
+        let mut col = Vec::with_capacity(k);
+        let mut prefill = vec![Vec::with_capacity(p + 1); k];
+        for j in 0..=p {
+            col.clear();
+            column_of(&codes, j, &mut col);
+            for (c, &v) in col.iter().enumerate() {
+                prefill[c].push(v);
+            }
+        }
+        for _ in 0..batch {
+            for row in &prefill {
+                input.extend_from_slice(row);
+            }
+        }
+        let mut width = p + 1;
+        let steps = last_column - p;
         for step in 0..steps {
             check_cancel(cancel)?;
             let t0 = Instant::now();
-            input.clear();
-            for _ in 0..batch {
-                input.extend_from_slice(&column);
-            }
             // Only the tensor work runs in the compute pool; callbacks stay on the caller's thread.
             let logits = pool.install(|| -> candle_core::Result<Tensor> {
-                let ids = Tensor::from_slice(&input, (batch, k, 1), &device)?;
-                let logits = decoder.forward(&ids)?.squeeze(2)?; // (batch, k, vocab)
+                let ids = Tensor::from_slice(&input, (batch, k, width), &device)?;
+                let logits = decoder.forward(&ids)?; // (batch, k, width, vocab)
+                let logits = logits.narrow(2, width - 1, 1)?.squeeze(2)?;
                 if guided {
                     let cond = logits.get(0)?;
                     let uncond = logits.get(1)?;
@@ -512,27 +687,31 @@ impl MusicGen {
             if let Some(f) = on_logits.as_mut() {
                 f(step, &logits);
             }
-            // Column `step + 1`: codebook c holds frame `step - c` when in range,
-            // else the delay pattern's padding.
-            let j = step + 1;
+            let j = p + 1 + step;
             // Only the sampler needs the logits on the host.
             let rows: Vec<Vec<f32>> = match codes_from {
                 CodeSource::Sample(_) => logits.to_vec2()?,
                 CodeSource::Forced(_) => Vec::new(),
             };
             for c in 0..k {
-                if j > c && j <= c + frames {
-                    let f = j - c - 1;
-                    let code = match &mut codes_from {
-                        CodeSource::Forced(forced) => forced[c][f],
-                        CodeSource::Sample(p) => p.sample(&rows[c]),
-                    };
-                    codes[c][f] = code;
-                    column[c] = code;
-                } else {
-                    column[c] = pad;
+                let d = c / ch;
+                if j > d && j <= d + frames {
+                    let f = j - d - 1;
+                    if f >= p {
+                        codes[c][f] = match &mut codes_from {
+                            CodeSource::Forced(forced) => forced[c][f],
+                            CodeSource::Sample(s) => s.sample(&rows[c]),
+                        };
+                    }
                 }
             }
+            input.clear();
+            col.clear();
+            column_of(&codes, j, &mut col);
+            for _ in 0..batch {
+                input.extend_from_slice(&col);
+            }
+            width = 1;
             step_times.push(t0.elapsed());
             progress(Progress::Step {
                 step: step + 1,
@@ -543,7 +722,157 @@ impl MusicGen {
         Ok(codes)
     }
 
-    /// EnCodec: codes `(codebooks, frames)` to mono PCM at the model's rate.
+    /// The whole decoder side of a take: `new_frames` after `prompt`, in windows
+    /// of [`MusicGen::window_frames`] that start `stride` frames apart (see
+    /// [`plan_windows`]); one window, exactly [`MusicGen::continue_codes`], when
+    /// the take fits. Memory is one window's caches plus the codes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_windows(
+        &mut self,
+        conditioning: Option<&Tensor>,
+        prompt: &[Vec<u32>],
+        new_frames: usize,
+        stride: usize,
+        guidance_scale: f64,
+        sampler: &mut LogitsProcessor,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+        step_times: &mut Vec<Duration>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let window = self.window_frames();
+        let p = prompt.first().map(|r| r.len()).unwrap_or(0);
+        let total = p + new_frames;
+        if total > window && !(1..window).contains(&stride) {
+            return Err(Error::InvalidRequest(format!(
+                "a stride of {stride} frames does not fit windows of {window} frames"
+            )));
+        }
+        if total > window && p > window - stride {
+            return Err(Error::InvalidRequest(format!(
+                "a prompt of {p} frames is longer than a window minus the stride ({} frames)",
+                window - stride
+            )));
+        }
+        let plan = plan_windows(total, p, window, stride);
+        let mut out: Vec<Vec<u32>> = prompt.to_vec();
+        let mut window_prompt: Vec<Vec<u32>> = prompt.to_vec();
+        for (i, &(start, len)) in plan.iter().enumerate() {
+            check_cancel(cancel)?;
+            progress(Progress::Window {
+                index: i + 1,
+                count: plan.len(),
+            });
+            let have = window_prompt.first().map(|r| r.len()).unwrap_or(0);
+            debug_assert_eq!(start + have, out[0].len());
+            let codes = self.continue_codes(
+                conditioning,
+                &window_prompt,
+                len - have,
+                guidance_scale,
+                CodeSource::Sample(sampler),
+                None,
+                progress,
+                cancel,
+                step_times,
+            )?;
+            for (o, row) in out.iter_mut().zip(&codes) {
+                o.extend_from_slice(&row[have..]);
+            }
+            window_prompt = codes
+                .into_iter()
+                .map(|row| row[stride.min(row.len())..].to_vec())
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// An audio prompt's codes `(codebooks, frames)`: mapped to the model's
+    /// channels (averaged for mono, copied for stereo), resampled to its rate,
+    /// trimmed to its last `max_frames` frames, and encoded by EnCodec, each
+    /// channel on its own, stereo codebooks interleaved left, right.
+    pub fn encode_prompt_audio(&self, pcm: &Pcm, max_frames: usize) -> Result<Vec<Vec<u32>>> {
+        pcm.check("audio prompt")?;
+        let rate = self.sample_rate();
+        let hop = self.hop_length();
+        let min_in = (hop as u64 * pcm.sample_rate as u64).div_ceil(rate as u64) as usize;
+        if pcm.len() < min_in {
+            return Err(Error::AudioTooShort {
+                samples: pcm.len(),
+                sample_rate: pcm.sample_rate,
+                min: min_in,
+            });
+        }
+        let mapped = crate::wav::to_channels(pcm, self.channels);
+        // Trim before resampling (with a little context for the filter), then exactly.
+        let keep_in = ((max_frames * hop) as u64 * pcm.sample_rate as u64).div_ceil(rate as u64)
+            as usize
+            + 4096;
+        let mapped = if mapped.len() > keep_in {
+            Pcm {
+                channels: mapped
+                    .channels
+                    .iter()
+                    .map(|c| c[c.len() - keep_in..].to_vec())
+                    .collect(),
+                sample_rate: mapped.sample_rate,
+            }
+        } else {
+            mapped
+        };
+        let mut at_rate = crate::wav::resample_pcm(&mapped, rate)?;
+        let keep = max_frames * hop;
+        if at_rate.len() < hop {
+            return Err(Error::AudioTooShort {
+                samples: pcm.len(),
+                sample_rate: pcm.sample_rate,
+                min: min_in,
+            });
+        }
+        if at_rate.len() > keep {
+            for c in at_rate.channels.iter_mut() {
+                c.drain(..c.len() - keep);
+            }
+        }
+        self.encode_audio(&at_rate.channels)
+    }
+
+    /// The SEANet encoder's output `(1, hidden, frames)` for mono PCM at the
+    /// model's rate, before quantization.
+    pub fn audio_embeddings(&self, samples: &[f32]) -> Result<Tensor> {
+        let t = Tensor::from_slice(samples, samples.len(), &self.device)?;
+        Ok(self.pool.install(|| self.audio_in.embeddings(&t))?)
+    }
+
+    /// EnCodec encode of PCM at the model's rate, one slice per model channel:
+    /// codes `(codebooks, ceil(samples / hop))`, stereo interleaved left, right.
+    pub fn encode_audio(&self, channels: &[Vec<f32>]) -> Result<Vec<Vec<u32>>> {
+        if channels.len() != self.channels {
+            return Err(Error::InvalidRequest(format!(
+                "{} channels given to a {}-channel model",
+                channels.len(),
+                self.channels
+            )));
+        }
+        let per_channel = channels
+            .iter()
+            .map(|c| {
+                let t = Tensor::from_slice(c, c.len(), &self.device)?;
+                let codes = self.pool.install(|| self.audio_in.encode(&t))?;
+                Ok(codes.to_vec2::<u32>()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let q = per_channel[0].len();
+        let mut out = Vec::with_capacity(q * self.channels);
+        for i in 0..q {
+            for ch in &per_channel {
+                out.push(ch[i].clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// EnCodec: codes `(codebooks, frames)` to PCM at the model's rate; a stereo
+    /// model decodes its even and odd codebooks as left and right, interleaved.
     pub fn decode_audio(&self, codes: &[Vec<u32>]) -> Result<Vec<f32>> {
         let k = codes.len();
         let frames = codes.first().map(|r| r.len()).unwrap_or(0);
@@ -559,12 +888,30 @@ impl MusicGen {
                 "code {bad} is outside the codebook (0..{vocab})"
             )));
         }
-        let flat: Vec<u32> = codes.iter().flatten().copied().collect();
-        let t = Tensor::from_vec(flat, (k, frames), &self.device)?;
-        Ok(self
-            .pool
-            .install(|| self.audio.decode(&t))?
-            .to_vec1::<f32>()?)
+        let ch = self.channels;
+        let mut sides = Vec::with_capacity(ch);
+        for side in 0..ch {
+            let flat: Vec<u32> = codes
+                .iter()
+                .skip(side)
+                .step_by(ch)
+                .flatten()
+                .copied()
+                .collect();
+            let t = Tensor::from_vec(flat, (k / ch, frames), &self.device)?;
+            sides.push(
+                self.pool
+                    .install(|| self.audio.decode(&t))?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        if ch == 1 {
+            return Ok(sides.pop().unwrap_or_default());
+        }
+        Ok(crate::wav::interleave(&Pcm {
+            channels: sides,
+            sample_rate: self.sample_rate(),
+        }))
     }
 
     /// The whole request: text, decoder loop, audio.
@@ -581,13 +928,28 @@ impl MusicGen {
         progress(Progress::EncodingText);
         let conditioning = self.encode_prompt(&request.prompt)?;
         timings.text = t0.elapsed();
+        let window = self.window_frames();
+        let stride = self.stride_frames(request.extend_stride_s());
+        let prompt = match &request.audio_prompt {
+            Some(pcm) => {
+                check_cancel(cancel)?;
+                progress(Progress::EncodingAudio);
+                let t0 = Instant::now();
+                let codes = self.encode_prompt_audio(pcm, window.saturating_sub(stride).max(1))?;
+                timings.prompt_audio = t0.elapsed();
+                codes
+            }
+            None => vec![Vec::new(); self.num_codebooks()],
+        };
+        let prompt_frames = prompt[0].len();
         let mut processor = LogitsProcessor::new(request.sampling, request.seed);
-        let codes = self.generate_codes(
+        let codes = self.generate_windows(
             conditioning.as_ref(),
+            &prompt,
             request.frames,
+            stride,
             request.guidance_scale,
-            CodeSource::Sample(&mut processor),
-            None,
+            &mut processor,
             progress,
             cancel,
             &mut timings.steps,
@@ -601,6 +963,8 @@ impl MusicGen {
             codes,
             audio,
             sample_rate: self.sample_rate(),
+            channels: self.channels,
+            prompt_frames,
             timings,
         })
     }
@@ -684,5 +1048,43 @@ impl std::fmt::Debug for MusicGen {
             .field("device", &self.device)
             .field("precision", &self.precision)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_windows;
+
+    #[test]
+    fn one_window_when_the_take_fits() {
+        assert_eq!(plan_windows(1500, 0, 1500, 900), vec![(0, 1500)]);
+        assert_eq!(plan_windows(700, 200, 1500, 900), vec![(0, 700)]);
+    }
+
+    #[test]
+    fn windows_start_a_stride_apart_and_end_at_the_take() {
+        // 40 s at 50 Hz, audiocraft's 30 s windows and 18 s stride.
+        assert_eq!(
+            plan_windows(2000, 0, 1500, 900),
+            vec![(0, 1500), (900, 1100)]
+        );
+        // 120 s: each window's prompt is the previous one's last 12 s.
+        let plan = plan_windows(6000, 0, 1500, 900);
+        assert_eq!(plan.first(), Some(&(0, 1500)));
+        assert_eq!(plan.last().map(|(s, l)| s + l), Some(6000));
+        for w in plan.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 900);
+            assert!(w[1].1 > 600, "every window adds frames: {plan:?}");
+        }
+        // A take that ends exactly where a window's prompt does needs no more window.
+        assert_eq!(
+            plan_windows(2400, 0, 1500, 900),
+            vec![(0, 1500), (900, 1500)]
+        );
+        // An audio prompt of 600 frames leads the first window.
+        assert_eq!(
+            plan_windows(2000, 600, 1500, 900),
+            vec![(0, 1500), (900, 1100)]
+        );
     }
 }

@@ -10,8 +10,13 @@ use crate::sampling::Sampling;
 
 /// The hub model used when none is named.
 pub const DEFAULT_MODEL: &str = "facebook/musicgen-small";
-/// The reference's limit: 30 s of audio (1500 frames at 50 Hz).
+/// One window of the decoder: the reference's limit, 30 s of audio (1500 frames at
+/// 50 Hz). Longer takes are generated window by window (see `extend_stride`).
 pub const MAX_FRAMES: usize = 1500;
+/// The longest take: 300 s (15000 frames at 50 Hz), by windows.
+pub const MAX_TOTAL_FRAMES: usize = 15_000;
+/// audiocraft's default `extend_stride`: each window after the first adds 18 s.
+pub const DEFAULT_EXTEND_STRIDE_S: f64 = 18.0;
 /// Longest prompt, in tokens (including the end-of-sequence token).
 pub const MAX_PROMPT_TOKENS: usize = 256;
 /// MusicGen's published defaults (`generation_config.json` of facebook/musicgen-*).
@@ -174,7 +179,61 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// Everything that decides a take. Stored with every take so it can be regenerated.
+/// PCM audio, one vector per channel (planar), at `sample_rate`: an audio prompt
+/// or a melody. Channels must have equal lengths.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pcm {
+    pub channels: Vec<Vec<f32>>,
+    pub sample_rate: u32,
+}
+
+impl Pcm {
+    pub fn mono(samples: Vec<f32>, sample_rate: u32) -> Self {
+        Self {
+            channels: vec![samples],
+            sample_rate,
+        }
+    }
+
+    /// Samples per channel (0 when there is no channel).
+    pub fn len(&self) -> usize {
+        self.channels.first().map(|c| c.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        self.len() as f64 / self.sample_rate.max(1) as f64
+    }
+
+    /// Refuses PCM with no channel, no sample, no rate, unequal channel lengths or
+    /// non-finite samples. `what` names it in the error ("audio prompt", "melody").
+    pub fn check(&self, what: &'static str) -> Result<()> {
+        if self.channels.is_empty() || self.is_empty() {
+            return Err(Error::EmptyAudio { what });
+        }
+        if self.sample_rate == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "the {what} has a sample rate of 0 Hz"
+            )));
+        }
+        let lengths: Vec<usize> = self.channels.iter().map(|c| c.len()).collect();
+        if lengths.iter().any(|&l| l != lengths[0]) {
+            return Err(Error::ChannelLengths { what, lengths });
+        }
+        if self.channels.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidRequest(format!(
+                "the {what} holds samples that are not finite numbers"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Everything that decides a take. Stored with every take so it can be regenerated
+/// (apart from the audio prompt's PCM, which is never serialized).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRequest {
     /// The text prompt. Empty (or only white space) means MusicGen's unconditional
@@ -183,13 +242,23 @@ pub struct GenerationRequest {
     pub model: ModelSource,
     pub precision: Precision,
     pub device: DeviceChoice,
-    /// Audio frames to generate (50 per second for MusicGen), 1 to 1500.
+    /// Audio frames to generate (50 per second for MusicGen), 1 to 15000; past
+    /// 1500 (30 s) by windows. With an audio prompt, the frames after it.
     pub frames: usize,
     /// Classifier-free guidance scale, >= 1; 1 turns guidance off.
     pub guidance_scale: f64,
     pub sampling: Sampling,
     /// Seed of the sampler: the same request and seed give the same codes.
     pub seed: u64,
+    /// Seconds each window after the first adds, 1 to 29, for takes over 30 s
+    /// (audiocraft's `extend_stride`); `None` means 18 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_stride: Option<f64>,
+    /// Audio to continue (transformers' `generate(input_values=...)`): the take holds
+    /// it, re-encoded, followed by `frames` new frames. Not serialized: a take
+    /// stores where its prompt came from, not the samples.
+    #[serde(skip)]
+    pub audio_prompt: Option<Pcm>,
 }
 
 impl Default for GenerationRequest {
@@ -207,6 +276,8 @@ impl Default for GenerationRequest {
                 top_p: None,
             },
             seed: 0,
+            extend_stride: None,
+            audio_prompt: None,
         }
     }
 }
@@ -249,9 +320,10 @@ impl GenerationDefaults {
     }
 }
 
-/// Frames for a duration at a frame rate, rounded to the nearest frame.
+/// Frames for a duration at a frame rate, rounded to the nearest frame; at most
+/// 300 s.
 pub fn frames_for_duration(seconds: f64, frame_rate: f64) -> Result<usize> {
-    let max_s = MAX_FRAMES as f64 / frame_rate;
+    let max_s = MAX_TOTAL_FRAMES as f64 / frame_rate;
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(Error::InvalidRequest(format!(
             "duration must be more than 0 s (got {seconds} s)"
@@ -259,24 +331,39 @@ pub fn frames_for_duration(seconds: f64, frame_rate: f64) -> Result<usize> {
     }
     if seconds > max_s + 1e-9 {
         return Err(Error::InvalidRequest(format!(
-            "duration {seconds} s is over MusicGen's limit of {max_s} s"
+            "duration {seconds} s is over the limit of {max_s} s"
         )));
     }
     Ok(((seconds * frame_rate).round() as usize).max(1))
 }
 
 impl GenerationRequest {
+    /// Seconds each window after the first adds.
+    pub fn extend_stride_s(&self) -> f64 {
+        self.extend_stride.unwrap_or(DEFAULT_EXTEND_STRIDE_S)
+    }
+
     /// Checks every field, so a bad request fails before any work is done.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidRequest(m));
         if self.frames == 0 {
             return bad("the length must be at least one frame (1/50 s)".into());
         }
-        if self.frames > MAX_FRAMES {
+        if self.frames > MAX_TOTAL_FRAMES {
             return bad(format!(
-                "{} frames asked; MusicGen generates at most {MAX_FRAMES} frames (30 s)",
+                "{} frames asked; at most {MAX_TOTAL_FRAMES} frames (300 s) are generated",
                 self.frames
             ));
+        }
+        if let Some(stride) = self.extend_stride {
+            if !(1.0..=29.0).contains(&stride) {
+                return bad(format!(
+                    "extend stride must be between 1 and 29 s (got {stride} s)"
+                ));
+            }
+        }
+        if let Some(pcm) = &self.audio_prompt {
+            pcm.check("audio prompt")?;
         }
         if !self.guidance_scale.is_finite() || self.guidance_scale < 1.0 {
             return bad(format!(
@@ -341,10 +428,10 @@ mod tests {
         );
         expect_invalid(
             GenerationRequest {
-                frames: 1501,
+                frames: 15_001,
                 ..base()
             },
-            "at most 1500",
+            "at most 15000",
         );
         expect_invalid(
             GenerationRequest {
@@ -421,8 +508,70 @@ mod tests {
         assert_eq!(frames_for_duration(30.0, 50.0).unwrap(), 1500);
         assert!(frames_for_duration(0.0, 50.0).is_err());
         assert!(frames_for_duration(-2.0, 50.0).is_err());
-        assert!(frames_for_duration(30.1, 50.0).is_err());
+        assert_eq!(frames_for_duration(300.0, 50.0).unwrap(), 15_000);
+        assert!(frames_for_duration(300.1, 50.0).is_err());
         assert!(frames_for_duration(f64::NAN, 50.0).is_err());
+    }
+
+    #[test]
+    fn strides_and_prompts_are_checked() {
+        let base = GenerationRequest::default;
+        for stride in [0.5, 29.5, f64::NAN] {
+            expect_invalid(
+                GenerationRequest {
+                    extend_stride: Some(stride),
+                    ..base()
+                },
+                "between 1 and 29",
+            );
+        }
+        for stride in [1.0, 29.0] {
+            GenerationRequest {
+                extend_stride: Some(stride),
+                ..base()
+            }
+            .validate()
+            .unwrap();
+        }
+        let uneven = Pcm {
+            channels: vec![vec![0.0; 10], vec![0.0; 9]],
+            sample_rate: 32_000,
+        };
+        let r = GenerationRequest {
+            audio_prompt: Some(uneven),
+            ..base()
+        };
+        assert!(matches!(
+            r.validate(),
+            Err(Error::ChannelLengths { ref lengths, .. }) if lengths == &[10, 9]
+        ));
+        let r = GenerationRequest {
+            audio_prompt: Some(Pcm::mono(Vec::new(), 32_000)),
+            ..base()
+        };
+        assert!(matches!(r.validate(), Err(Error::EmptyAudio { .. })));
+    }
+
+    #[test]
+    fn old_requests_deserialize_and_prompts_are_not_serialized() {
+        // A take saved before issue 10: no stride, no prompt.
+        let old = r#"{"prompt":"p","model":{"kind":"hub","id":"facebook/musicgen-small","revision":"main"},
+            "precision":"f32","device":"auto","frames":500,"guidance_scale":3.0,
+            "sampling":{"mode":"greedy"},"seed":7}"#;
+        let r: GenerationRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(r.frames, 500);
+        assert_eq!(r.extend_stride, None);
+        assert_eq!(r.audio_prompt, None);
+        let with_prompt = GenerationRequest {
+            audio_prompt: Some(Pcm::mono(vec![0.5; 1000], 32_000)),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&with_prompt).unwrap();
+        assert!(
+            !json.contains("audio_prompt") && !json.contains("0.5"),
+            "{json}"
+        );
+        assert!(!json.contains("extend_stride"), "{json}");
     }
 
     #[test]

@@ -1,15 +1,33 @@
-//! Audio out: 32-bit float WAV files and sample-rate conversion with rubato.
+//! Audio in and out: WAV files (16/24/32-bit integer and 32-bit float in, 32-bit
+//! float out) and sample-rate conversion with rubato.
 
 use std::path::Path;
 
 use rubato::{FftFixedIn, Resampler};
 
 use crate::error::{Error, Result};
+use crate::request::Pcm;
 
 /// Writes mono 32-bit float PCM.
 pub fn write_wav(path: &Path, samples: &[f32], sample_rate: u32) -> Result<()> {
+    write_wav_interleaved(path, samples, 1, sample_rate)
+}
+
+/// Writes interleaved 32-bit float PCM of `channels` channels.
+pub fn write_wav_interleaved(
+    path: &Path,
+    samples: &[f32],
+    channels: u16,
+    sample_rate: u32,
+) -> Result<()> {
+    if channels == 0 || !samples.len().is_multiple_of(channels as usize) {
+        return Err(Error::InvalidRequest(format!(
+            "{} samples are not whole frames of {channels} channels",
+            samples.len()
+        )));
+    }
     let spec = hound::WavSpec {
-        channels: 1,
+        channels,
         sample_rate,
         bits_per_sample: 32,
         sample_format: hound::SampleFormat::Float,
@@ -29,6 +47,121 @@ pub fn write_wav(path: &Path, samples: &[f32], sample_rate: u32) -> Result<()> {
         w.write_sample(s).map_err(io)?;
     }
     w.finalize().map_err(io)
+}
+
+/// Reads a WAV file as planar f32, one vector per channel: 16, 24 or 32-bit
+/// integer (scaled to [-1, 1)) or 32-bit float. A file that is not such a WAV is
+/// [`Error::BadWav`]; one with no samples, [`Error::EmptyAudio`] (`what` names it).
+pub fn read_wav_channels(path: &Path, what: &'static str) -> Result<Pcm> {
+    let bad = |reason: String| Error::BadWav {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut r = match hound::WavReader::open(path) {
+        Ok(r) => r,
+        Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let spec = r.spec();
+    let channels = spec.channels as usize;
+    if channels == 0 {
+        return Err(bad("the header declares 0 channels".into()));
+    }
+    let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => r
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?,
+        (hound::SampleFormat::Int, bits @ (16 | 24 | 32)) => {
+            let scale = 1.0 / (1u64 << (bits - 1)) as f64;
+            r.samples::<i32>()
+                .map(|s| s.map(|v| (v as f64 * scale) as f32))
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?
+        }
+        (format, bits) => {
+            return Err(bad(format!(
+            "{bits}-bit {} samples are not supported (16, 24 or 32-bit integer, or 32-bit float)",
+            match format {
+                hound::SampleFormat::Float => "float",
+                hound::SampleFormat::Int => "integer",
+            }
+        )))
+        }
+    };
+    if interleaved.is_empty() {
+        return Err(Error::EmptyAudio { what });
+    }
+    let frames = interleaved.len() / channels;
+    let mut planar = vec![Vec::with_capacity(frames); channels];
+    for frame in interleaved.chunks_exact(channels) {
+        for (c, &v) in frame.iter().enumerate() {
+            planar[c].push(v);
+        }
+    }
+    Ok(Pcm {
+        channels: planar,
+        sample_rate: spec.sample_rate,
+    })
+}
+
+/// Maps PCM to `channels` channels: a mono model gets the average of all
+/// channels; a stereo model gets mono copied to both sides, or the first two.
+pub fn to_channels(pcm: &Pcm, channels: usize) -> Pcm {
+    let n = pcm.channels.len();
+    let out = if n == channels {
+        pcm.channels.clone()
+    } else if channels == 1 {
+        let len = pcm.len();
+        vec![(0..len)
+            .map(|i| pcm.channels.iter().map(|c| c[i]).sum::<f32>() / n as f32)
+            .collect()]
+    } else if n == 1 {
+        vec![pcm.channels[0].clone(); channels]
+    } else {
+        pcm.channels[..channels.min(n)].to_vec()
+    };
+    Pcm {
+        channels: out,
+        sample_rate: pcm.sample_rate,
+    }
+}
+
+/// Planar PCM from interleaved samples of `channels` channels.
+pub fn deinterleave(samples: &[f32], channels: usize, sample_rate: u32) -> Pcm {
+    let channels = channels.max(1);
+    Pcm {
+        channels: (0..channels)
+            .map(|c| samples.iter().skip(c).step_by(channels).copied().collect())
+            .collect(),
+        sample_rate,
+    }
+}
+
+/// Interleaved samples from planar PCM.
+pub fn interleave(pcm: &Pcm) -> Vec<f32> {
+    let n = pcm.len();
+    let mut out = Vec::with_capacity(n * pcm.channels.len());
+    for i in 0..n {
+        out.extend(pcm.channels.iter().map(|c| c[i]));
+    }
+    out
+}
+
+/// Resamples every channel to `to` Hz (see [`resample`]).
+pub fn resample_pcm(pcm: &Pcm, to: u32) -> Result<Pcm> {
+    Ok(Pcm {
+        channels: pcm
+            .channels
+            .iter()
+            .map(|c| resample(c, pcm.sample_rate, to))
+            .collect::<Result<_>>()?,
+        sample_rate: to,
+    })
 }
 
 /// Reads a WAV file as mono f32 (channels averaged) and its sample rate.
@@ -189,6 +322,95 @@ mod tests {
         let (back, rate) = read_wav(&path).unwrap();
         assert_eq!(rate, 32_000);
         assert_eq!(back, samples);
+    }
+
+    fn write_spec(path: &Path, spec: hound::WavSpec, frames: &[Vec<f64>]) {
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for frame in frames {
+            for &v in frame {
+                match spec.sample_format {
+                    hound::SampleFormat::Float => w.write_sample(v as f32).unwrap(),
+                    hound::SampleFormat::Int => {
+                        let full = (1i64 << (spec.bits_per_sample - 1)) as f64;
+                        w.write_sample((v * full).round() as i32).unwrap()
+                    }
+                }
+            }
+        }
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn every_supported_wav_format_reads_back_per_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames: Vec<Vec<f64>> = (0..100)
+            .map(|i| vec![(i as f64 / 100.0) - 0.5, 0.25 - i as f64 / 400.0])
+            .collect();
+        for (format, bits) in [
+            (hound::SampleFormat::Int, 16u16),
+            (hound::SampleFormat::Int, 24),
+            (hound::SampleFormat::Int, 32),
+            (hound::SampleFormat::Float, 32),
+        ] {
+            let path = dir.path().join(format!("{bits}-{format:?}.wav"));
+            let spec = hound::WavSpec {
+                channels: 2,
+                sample_rate: 44_100,
+                bits_per_sample: bits,
+                sample_format: format,
+            };
+            write_spec(&path, spec, &frames);
+            let pcm = read_wav_channels(&path, "audio prompt").unwrap();
+            assert_eq!(pcm.sample_rate, 44_100);
+            assert_eq!(pcm.channels.len(), 2);
+            let tol = 1.5 / (1u64 << (bits - 1)) as f32;
+            for (i, f) in frames.iter().enumerate() {
+                for (channel, &want) in pcm.channels.iter().zip(f) {
+                    let err = (channel[i] - want as f32).abs();
+                    assert!(err <= tol.max(1e-7), "{bits} bit {format:?}: {err}");
+                }
+            }
+            // Averaged for a mono model; the mono mix copied for stereo.
+            let mono = to_channels(&pcm, 1);
+            assert!(
+                (mono.channels[0][10] - (pcm.channels[0][10] + pcm.channels[1][10]) / 2.0).abs()
+                    < 1e-7
+            );
+            let both = to_channels(&mono, 2);
+            assert_eq!(both.channels[0], both.channels[1]);
+        }
+    }
+
+    #[test]
+    fn unreadable_unsupported_and_empty_wavs_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.wav");
+        std::fs::write(&garbage, b"RIFF nonsense, not a wave file").unwrap();
+        assert!(matches!(
+            read_wav_channels(&garbage, "audio prompt"),
+            Err(Error::BadWav { .. })
+        ));
+        let eight = dir.path().join("8bit.wav");
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 8,
+            sample_format: hound::SampleFormat::Int,
+        };
+        write_spec(&eight, spec, &[vec![0.5]]);
+        let err = read_wav_channels(&eight, "audio prompt").unwrap_err();
+        assert!(
+            matches!(err, Error::BadWav { .. }) && err.to_string().contains("8-bit"),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.wav");
+        write_wav(&empty, &[], 32_000).unwrap();
+        let err = read_wav_channels(&empty, "melody").unwrap_err();
+        assert!(matches!(err, Error::EmptyAudio { what: "melody" }), "{err}");
+        assert!(matches!(
+            read_wav_channels(&dir.path().join("missing.wav"), "melody"),
+            Err(Error::MissingFile { .. })
+        ));
     }
 
     #[test]

@@ -211,7 +211,15 @@ fn bad_requests_fail_before_any_work() {
             ..base.clone()
         },
         GenerationRequest {
-            frames: 1501,
+            frames: 15_001,
+            ..base.clone()
+        },
+        GenerationRequest {
+            extend_stride: Some(0.5),
+            ..base.clone()
+        },
+        GenerationRequest {
+            extend_stride: Some(29.5),
             ..base.clone()
         },
         GenerationRequest {
@@ -296,4 +304,59 @@ fn asking_for_a_gpu_in_a_cpu_build_says_how_to_get_one() {
     assert!(musicgen::select_device(musicgen::DeviceChoice::Auto)
         .unwrap()
         .is_cpu());
+}
+
+#[test]
+fn bad_audio_prompts_are_named_errors_before_any_step() {
+    let mut model = load("tiny-stereo");
+    let base = GenerationRequest {
+        prompt: "drums".into(),
+        model: ModelSource::Local {
+            path: model_dir("tiny-stereo"),
+        },
+        frames: 5,
+        ..Default::default()
+    };
+    let with = |channels: Vec<Vec<f32>>, sample_rate| GenerationRequest {
+        audio_prompt: Some(musicgen::request::Pcm {
+            channels,
+            sample_rate,
+        }),
+        ..base.clone()
+    };
+    let cases = [
+        (with(vec![], 32_000), "has no samples"),
+        (with(vec![vec![]], 32_000), "has no samples"),
+        (
+            with(vec![vec![0.1; 700], vec![0.1; 699]], 32_000),
+            "different lengths",
+        ),
+        // 640 samples at 32 kHz is one frame; 300 at 16 kHz is under one.
+        (with(vec![vec![0.1; 300]], 16_000), "at least one frame"),
+        (with(vec![vec![f32::NAN; 700]], 32_000), "not finite"),
+        (with(vec![vec![0.1; 700]], 0), "0 Hz"),
+    ];
+    for (r, needle) in cases {
+        let mut steps = 0;
+        let e = model
+            .generate(
+                &r,
+                &mut |p| steps += matches!(p, Progress::Step { .. }) as usize,
+                &AtomicBool::new(false),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+        assert_eq!(steps, 0, "no decoder step ran for {needle}");
+    }
+    // One frame's worth at another rate is enough.
+    let take = model
+        .generate(
+            &with(vec![vec![0.1; 320]], 16_000),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(take.prompt_frames, 1);
+    assert_eq!(take.codes[0].len(), 6);
+    assert_eq!(take.continuation().len(), 5 * 640 * 2);
 }

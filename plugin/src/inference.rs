@@ -159,7 +159,7 @@ fn run_job(owner: &Owner, job: &Arc<Job>, cache: &mut ModelCache, io: &Sender<Io
             let _ = io.send(IoMsg::Finished {
                 owner: owner.clone(),
                 job: job.clone(),
-                take: finished,
+                take: Box::new(finished),
             });
         }
         Err(PluginError::Engine(e)) if matches!(*e, musicgen::Error::Cancelled) => {
@@ -211,7 +211,19 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     let generation = generation?;
     Ok(FinishedTake {
         request,
-        pcm: make_loop(&generation.audio, loop_len, fade),
+        pcm: make_loop(&mono(&generation), loop_len, fade),
         sample_rate: generation.sample_rate,
     })
+}
+
+/// Takes are mono today: a stereo checkpoint's sides are mixed down.
+fn mono(generation: &musicgen::Generation) -> std::borrow::Cow<'_, [f32]> {
+    match generation.channels {
+        2 => generation
+            .audio
+            .chunks_exact(2)
+            .map(|lr| 0.5 * (lr[0] + lr[1]))
+            .collect(),
+        _ => std::borrow::Cow::Borrowed(&generation.audio),
+    }
 }

@@ -100,6 +100,8 @@ pub fn request_for(settings: &Settings) -> Result<GenerationRequest> {
         guidance_scale: settings.guidance_scale,
         sampling: settings.sampling(),
         seed: settings.seed.unwrap_or_else(random_seed),
+        extend_stride: None,
+        audio_prompt: None,
     })
 }
 

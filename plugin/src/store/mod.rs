@@ -46,7 +46,7 @@ pub enum IoMsg {
     Finished {
         owner: Owner,
         job: Arc<Job>,
-        take: FinishedTake,
+        take: Box<FinishedTake>,
     },
 }
 
@@ -61,7 +61,7 @@ pub fn run(rx: Receiver<IoMsg>) {
                     load_and_prepare(&*i);
                 }
             }
-            Ok(IoMsg::Finished { owner, job, take }) => save_take(&owner, &job, take),
+            Ok(IoMsg::Finished { owner, job, take }) => save_take(&owner, &job, *take),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }

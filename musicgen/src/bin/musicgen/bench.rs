@@ -121,6 +121,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             top_p: None,
         },
         seed: args.seed,
+        extend_stride: None,
+        audio_prompt: None,
     };
     request.validate()?;
     reset_peak_rss();

@@ -29,10 +29,30 @@ pub(crate) struct GenerateArgs {
     #[arg(long, default_value = "main")]
     revision: String,
 
-    /// Length of the audio in seconds, more than 0 and at most 30; rounded to whole
-    /// frames (50 per second).
+    /// Length of the new audio in seconds, more than 0 and at most 300; rounded to
+    /// whole frames (50 per second). With --audio-prompt, the length of the part
+    /// after the prompt. Past 30 s the take is made in windows (see --extend-stride).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+
+    /// Continue this audio (a WAV: 16, 24 or 32-bit integer or 32-bit float, any
+    /// rate, resampled to the model's rate; stereo averaged for a mono model, mono
+    /// copied to both sides for a stereo one). The output holds the prompt, as
+    /// re-encoded by EnCodec, then the continuation. Only the prompt's last
+    /// 30 s minus --extend-stride (12 s by default) are kept.
+    #[arg(long, value_name = "FILE.wav")]
+    audio_prompt: Option<PathBuf>,
+
+    /// With --audio-prompt, write only the new audio to --out (what goes after the
+    /// original clip); --codes still lists the prompt's frames too.
+    #[arg(long, requires = "audio_prompt")]
+    continuation_only: bool,
+
+    /// For takes over 30 s: seconds each window after the first adds, 1 to 29
+    /// (audiocraft's extend_stride). Each further window is prompted by the last
+    /// 30 s minus this of the take so far.
+    #[arg(long, default_value_t = musicgen::request::DEFAULT_EXTEND_STRIDE_S)]
+    extend_stride: f64,
 
     /// Classifier-free guidance scale, at least 1 (1 turns guidance off).
     /// [default: the model's generation_config.json, else 3.0]
@@ -67,7 +87,8 @@ pub(crate) struct GenerateArgs {
     sample_rate: Option<u32>,
 
     /// Also write the generated codes as JSON: {"codes": [[...], ...]}, one row per
-    /// codebook, one code per frame.
+    /// codebook in the decoder's order (stereo: left, right, left, ...), one code
+    /// per frame, the audio prompt's frames first.
     #[arg(long, value_name = "FILE.json")]
     codes: Option<PathBuf>,
 
@@ -83,7 +104,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     threads: Option<usize>,
 
-    /// The output WAV file (32-bit float, mono).
+    /// The output WAV file (32-bit float; mono, or 2 channels for a stereo model).
     #[arg(long)]
     out: PathBuf,
 }
@@ -116,9 +137,19 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
                 top_p: args.top_p,
             }
         },
+        extend_stride: Some(args.extend_stride),
         ..Default::default()
     };
     provisional.validate()?;
+    // Read the prompt before the model: a bad file fails in a moment.
+    let audio_prompt = match &args.audio_prompt {
+        Some(path) => {
+            let pcm = wav::read_wav_channels(path, "audio prompt")?;
+            pcm.check("audio prompt")?;
+            Some(pcm)
+        }
+        None => None,
+    };
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -165,17 +196,39 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         guidance_scale: args.guidance_scale.unwrap_or(defaults.guidance_scale),
         sampling,
         seed: args.seed,
+        extend_stride: Some(args.extend_stride),
+        audio_prompt,
     };
     let take = model.generate(&request, &mut |p| reporter.report(p), &cancel)?;
     reporter.finish();
+    if let Some(pcm) = &request.audio_prompt {
+        let kept = take.prompt_frames as f64 / model.frame_rate();
+        if kept + 0.5 / model.frame_rate() < pcm.duration_s() {
+            eprintln!(
+                "audio prompt: kept its last {kept:.2} s of {:.2} s (a window of {:.0} s minus the {} s stride)",
+                pcm.duration_s(),
+                model.window_frames() as f64 / model.frame_rate(),
+                args.extend_stride,
+            );
+        } else {
+            eprintln!("audio prompt: {kept:.2} s ({} frames)", take.prompt_frames);
+        }
+    }
 
+    let channels = take.channels;
+    let pcm = if args.continuation_only {
+        take.continuation()
+    } else {
+        &take.audio[..]
+    };
     let (audio, rate) = match args.sample_rate {
         Some(rate) if rate != take.sample_rate => {
-            (wav::resample(&take.audio, take.sample_rate, rate)?, rate)
+            let planar = wav::deinterleave(pcm, channels, take.sample_rate);
+            (wav::interleave(&wav::resample_pcm(&planar, rate)?), rate)
         }
-        _ => (take.audio.clone(), take.sample_rate),
+        _ => (pcm.to_vec(), take.sample_rate),
     };
-    wav::write_wav(&args.out, &audio, rate)?;
+    wav::write_wav_interleaved(&args.out, &audio, channels as u16, rate)?;
     if let Some(path) = &args.codes {
         let json = serde_json::json!({ "codes": take.codes });
         std::fs::write(path, serde_json::to_string(&json)?)
@@ -184,11 +237,12 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
     let steps = take.timings.steps.len().max(1);
     let decode: f64 = take.timings.steps.iter().map(|d| d.as_secs_f64()).sum();
     eprintln!(
-        "wrote {} ({} samples at {} Hz, {:.2} s); load {:.2} s, text {:.3} s, {} steps at {:.1} ms/step, audio decode {:.2} s",
+        "wrote {} ({} channel(s), {} samples at {} Hz, {:.2} s); load {:.2} s, text {:.3} s, {} steps at {:.1} ms/step, audio decode {:.2} s",
         args.out.display(),
-        audio.len(),
+        channels,
+        audio.len() / channels,
         rate,
-        audio.len() as f64 / rate as f64,
+        (audio.len() / channels) as f64 / rate as f64,
         load_time.as_secs_f64(),
         take.timings.text.as_secs_f64(),
         steps,

@@ -66,6 +66,8 @@ pub(crate) struct Reporter {
     bar: Option<ProgressBar>,
     last_line: Instant,
     stage: String,
+    /// "window i/n" while a take over 30 s is made.
+    window: Option<String>,
 }
 
 impl Reporter {
@@ -85,6 +87,7 @@ impl Reporter {
             bar,
             last_line: Instant::now(),
             stage: String::new(),
+            window: None,
         }
     }
 
@@ -106,8 +109,15 @@ impl Reporter {
             }
             Progress::Loading => self.stage("loading"),
             Progress::EncodingText => self.stage("text"),
+            Progress::EncodingAudio => self.stage("audio prompt"),
+            Progress::Window { index, count } => {
+                self.window = (count > 1).then(|| format!("window {index}/{count}"));
+            }
             Progress::Step { step, total } => {
-                self.stage("generating");
+                match &self.window {
+                    Some(w) => self.stage(&format!("generating, {w}")),
+                    None => self.stage("generating"),
+                }
                 self.counts(step as u64, total as u64);
             }
             Progress::DecodingAudio => self.stage("decoding audio"),
