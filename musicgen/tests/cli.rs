@@ -74,7 +74,12 @@ fn bad_arguments_fail_with_a_message_and_write_nothing() {
     let wav = out.path().join("x.wav");
     let cases: &[(&[&str], &str)] = &[
         (&["--duration", "0"], "more than 0"),
-        (&["--duration", "31"], "limit of 30"),
+        (&["--duration", "301"], "limit of 300"),
+        (&["--extend-stride", "0.5"], "between 1 and 29"),
+        (
+            &["--audio-prompt", "/nonexistent-prompt.wav"],
+            "/nonexistent-prompt.wav",
+        ),
         (&["--guidance-scale", "0.5"], "at least 1"),
         (&["--top-k", "0"], "top-k"),
         (&["--top-p", "1.5"], "top-p"),
@@ -134,6 +139,15 @@ fn bad_arguments_fail_with_a_message_and_write_nothing() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+    // --continuation-only needs an audio prompt.
+    let o = musicgen()
+        .args(["generate", "--prompt", "d", "--continuation-only", "--out"])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--audio-prompt"));
+    assert!(!wav.exists());
 }
 
 #[test]
@@ -154,6 +168,9 @@ fn help_explains_every_flag() {
         "--codes",
         "--out",
         "--device",
+        "--audio-prompt",
+        "--continuation-only",
+        "--extend-stride",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
