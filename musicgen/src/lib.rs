@@ -27,6 +27,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod chroma;
 pub mod config;
 pub mod decoder;
 pub mod encodec;
