@@ -71,7 +71,7 @@ impl ChromaConfig {
             || self.sampling_rate == 0
             || self.hop_length == 0
             || self.n_fft < 2
-            || self.n_fft % 2 != 0
+            || !self.n_fft.is_multiple_of(2)
             || self.chunk_length == 0
         {
             return Err(Error::InvalidRequest(format!(

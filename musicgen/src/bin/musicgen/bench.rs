@@ -203,6 +203,33 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         mb(audio_peak)
     );
 
+    // The audio-side conditioning a take can add, timed on the take's own audio:
+    // the EnCodec encoder on up to a window minus the default stride (the most of
+    // an audio prompt a take keeps), and melody chroma on up to 30 s.
+    let pcm = musicgen::wav::deinterleave(&take.audio, take.channels, take.sample_rate);
+    let keep =
+        model.window_frames() - model.stride_frames(musicgen::request::DEFAULT_EXTEND_STRIDE_S);
+    let prompt_s = (take.prompt_frames + frames).min(keep) as f64 / MUSICGEN_FRAME_RATE;
+    let t0 = Instant::now();
+    let prompt_codes = model.encode_prompt_audio(&pcm, keep)?;
+    let encoder_s = t0.elapsed().as_secs_f64();
+    let chroma_config = musicgen::chroma::ChromaConfig::default();
+    let t0 = Instant::now();
+    let chroma = musicgen::chroma::chroma_from_audio(&chroma_config, &pcm)?;
+    let chroma_s = t0.elapsed().as_secs_f64();
+    let chroma_audio_s = audio_s.min(chroma_config.chunk_length as f64);
+    eprintln!(
+        "encoder      {encoder_s:.2} s for a {prompt_s:.2} s audio prompt ({} frames), {:.1}% of this take's time",
+        prompt_codes[0].len(),
+        100.0 * encoder_s / total_s
+    );
+    eprintln!(
+        "chroma       {:.1} ms for {chroma_audio_s:.2} s of melody ({} frames), {:.2}% of this take's time",
+        chroma_s * 1e3,
+        chroma.len(),
+        100.0 * chroma_s / total_s
+    );
+
     let mut quality = serde_json::Value::Null;
     if args.quality && args.precision != Precision::F32 {
         let mut reference = MusicGen::from_source(
@@ -263,6 +290,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             "step_ms_mean": step_mean,
             "steps": steps.len(),
             "encodec_s": encodec_s,
+            "encoder_s": encoder_s,
+            "encoder_audio_s": prompt_s,
+            "chroma_ms": chroma_s * 1e3,
+            "chroma_audio_s": chroma_audio_s,
             "total_s": total_s,
             "rtf": total_s / audio_s,
             "peak_rss_mb": mb(gen_peak),
