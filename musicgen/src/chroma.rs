@@ -264,14 +264,8 @@ pub struct Note {
     pub pitch: u8,
 }
 
-/// One-hot chroma of `frames` frames from notes: each frame, centred at
-/// `frame * hop / rate` seconds as the audio extractor's are, takes the pitch
-/// class of the note sounding there that started last (the highest of those that
-/// started together), as a rendered melody's loudest new note would; a frame with
-/// no note takes class 0, as silence does from audio. Notes with a non-finite or
-/// empty span are refused.
-pub fn chroma_from_notes(config: &ChromaConfig, notes: &[Note], frames: usize) -> Result<Chroma> {
-    config.check()?;
+/// Refuses notes with a non-finite or empty span, or a pitch past MIDI's 127.
+pub fn check_notes(notes: &[Note]) -> Result<()> {
     if let Some(bad) = notes
         .iter()
         .find(|n| !(n.start_s.is_finite() && n.end_s.is_finite() && n.end_s > n.start_s))
@@ -286,10 +280,57 @@ pub fn chroma_from_notes(config: &ChromaConfig, notes: &[Note], frames: usize) -
             bad.pitch
         )));
     }
+    Ok(())
+}
+
+/// One-hot chroma of `frames` frames from notes: each frame, centred at
+/// `frame * hop / rate` seconds as the audio extractor's are, takes the pitch
+/// class of the note sounding there that started last (the highest of those that
+/// started together), as a rendered melody's loudest new note would; a frame with
+/// no note takes class 0, as silence does from audio. Notes with a non-finite or
+/// empty span are refused.
+pub fn chroma_from_notes(config: &ChromaConfig, notes: &[Note], frames: usize) -> Result<Chroma> {
+    notes_chroma(config, notes, None, 0.0, frames)
+}
+
+/// [`chroma_from_notes`] of a melody `loop_s` seconds long played in a loop,
+/// from `offset_s` seconds on: what a window that starts later in a long take
+/// is conditioned on. With offset 0 and frames within the loop it is
+/// [`chroma_from_notes`].
+pub fn chroma_from_looped_notes(
+    config: &ChromaConfig,
+    notes: &[Note],
+    loop_s: f64,
+    offset_s: f64,
+    frames: usize,
+) -> Result<Chroma> {
+    if !(loop_s.is_finite() && loop_s > 0.0 && offset_s.is_finite()) {
+        return Err(Error::InvalidRequest(format!(
+            "a looped melody needs a length over 0 s and a finite offset (got {loop_s} s from {offset_s} s)"
+        )));
+    }
+    notes_chroma(config, notes, Some(loop_s), offset_s, frames)
+}
+
+fn notes_chroma(
+    config: &ChromaConfig,
+    notes: &[Note],
+    loop_s: Option<f64>,
+    offset_s: f64,
+    frames: usize,
+) -> Result<Chroma> {
+    config.check()?;
+    check_notes(notes)?;
     let period = config.frame_period_s();
     Ok((0..frames)
         .map(|t| {
-            let time = t as f64 * period;
+            let mut time = offset_s + t as f64 * period;
+            if let Some(len) = loop_s {
+                // A frame exactly at the loop's end is its last, not the start.
+                if offset_s > 0.0 || time > len {
+                    time = time.rem_euclid(len);
+                }
+            }
             let class = notes
                 .iter()
                 .filter(|n| n.start_s <= time && time < n.end_s)

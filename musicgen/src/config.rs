@@ -7,14 +7,40 @@
 use candle_transformers::models::t5;
 use serde::Deserialize;
 
-/// The composite `config.json` of a `MusicgenForConditionalGeneration` checkpoint.
+/// The composite `config.json` of a `MusicgenForConditionalGeneration` checkpoint,
+/// or of a `MusicgenMelodyForConditionalGeneration` one (`model_type`
+/// "musicgen_melody", which adds the chroma fields).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     pub model_type: String,
     pub text_encoder: t5::Config,
     pub audio_encoder: EncodecConfig,
     pub decoder: DecoderConfig,
+    /// Melody: chroma bins per frame (12).
+    #[serde(default = "default_num_chroma")]
+    pub num_chroma: usize,
+    /// Melody: chroma frames the decoder is conditioned on (235 for the published
+    /// checkpoints: 30 s at the feature extractor's hop); shorter melodies are
+    /// tiled up to it, longer ones cut.
+    #[serde(default = "default_chroma_length")]
+    pub chroma_length: usize,
 }
+
+fn default_num_chroma() -> usize {
+    12
+}
+
+fn default_chroma_length() -> usize {
+    235
+}
+
+/// The published checkpoints that take a melody.
+pub const MELODY_CHECKPOINTS: [&str; 4] = [
+    "facebook/musicgen-melody",
+    "facebook/musicgen-melody-large",
+    "facebook/musicgen-stereo-melody",
+    "facebook/musicgen-stereo-melody-large",
+];
 
 fn default_gelu() -> String {
     "gelu".to_string()
@@ -143,11 +169,19 @@ impl Config {
         match self.model_type.as_str() {
             "musicgen" => {}
             "musicgen_melody" => {
-                return Err("MusicGen melody checkpoints (model_type \"musicgen_melody\") are not supported yet; use a text-only MusicGen checkpoint such as facebook/musicgen-small".into())
+                if self.num_chroma != crate::chroma::NUM_CHROMA {
+                    return Err(format!(
+                        "melody checkpoints with {} chroma bins are not supported (MusicGen-melody uses 12)",
+                        self.num_chroma
+                    ));
+                }
+                if self.chroma_length == 0 {
+                    return Err("a melody checkpoint needs chroma_length of at least 1".into());
+                }
             }
             other => {
                 return Err(format!(
-                    "config.json describes a \"{other}\" model, not MusicGen (model_type \"musicgen\")"
+                    "config.json describes a \"{other}\" model, not MusicGen (model_type \"musicgen\" or \"musicgen_melody\")"
                 ))
             }
         }
@@ -216,6 +250,12 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// A MusicGen-melody checkpoint: decoder-only, its conditioning (chroma, then
+    /// text) prepended to the decoder input instead of cross-attended.
+    pub fn is_melody(&self) -> bool {
+        self.model_type == "musicgen_melody"
     }
 
     /// The decoder's padding token: the delay pattern's filler and the start column.

@@ -6,6 +6,11 @@
 //! plus sinusoidal positions (cos half, then sin half), with causal self-attention
 //! (KV cache) and cross-attention to the text encoder's states (keys and values
 //! computed once per prompt), and one LM head per codebook.
+//!
+//! MusicGen-melody's decoder (`modeling_musicgen_melody.py`,
+//! `MusicgenMelodyDecoder`) has no cross-attention: its conditioning (projected
+//! chroma, then projected text states) is prepended to the first input as a
+//! prefix of embeddings, with positions from 0, under the same causal mask.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -390,21 +395,33 @@ impl CrossAttention {
 struct DecoderLayer {
     self_attn: SelfAttention,
     self_attn_layer_norm: LayerNorm,
-    encoder_attn: CrossAttention,
-    encoder_attn_layer_norm: LayerNorm,
+    /// Cross-attention and its norm; none in a melody decoder.
+    encoder_attn: Option<(CrossAttention, LayerNorm)>,
     fc1: Proj,
     fc2: Proj,
     final_layer_norm: LayerNorm,
 }
 
 impl DecoderLayer {
-    fn new(cfg: &DecoderConfig, quant: Option<&Quantizer>, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &DecoderConfig,
+        cross_attention: bool,
+        quant: Option<&Quantizer>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
+        let encoder_attn = if cross_attention {
+            Some((
+                CrossAttention::new(cfg, quant, vb.pp("encoder_attn"))?,
+                layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
             self_attn: SelfAttention::new(cfg, quant, vb.pp("self_attn"))?,
             self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-            encoder_attn: CrossAttention::new(cfg, quant, vb.pp("encoder_attn"))?,
-            encoder_attn_layer_norm: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
+            encoder_attn,
             fc1: Proj::load(d, cfg.ffn_dim, quant, vb.pp("fc1"))?,
             fc2: Proj::load(cfg.ffn_dim, d, quant, vb.pp("fc2"))?,
             final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
@@ -416,11 +433,10 @@ impl DecoderLayer {
             .self_attn
             .forward(&self.self_attn_layer_norm.forward(x)?, mask)?;
         let mut x = (x + h)?;
-        if let Some(h) = self
-            .encoder_attn
-            .forward(&self.encoder_attn_layer_norm.forward(&x)?)?
-        {
-            x = (x + h)?;
+        if let Some((attn, norm)) = &self.encoder_attn {
+            if let Some(h) = attn.forward(&norm.forward(&x)?)? {
+                x = (x + h)?;
+            }
         }
         let h = self.final_layer_norm.forward(&x)?;
         let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
@@ -439,15 +455,22 @@ pub struct Decoder {
     lm_heads: Proj,
     num_codebooks: usize,
     vocab_size: usize,
-    embed_scale: f64,
     offset: usize,
+    /// Melody: the conditioning prefix `(batch, len, hidden)` the next forward
+    /// prepends to its input.
+    prefix: Option<Tensor>,
 }
 
 impl Decoder {
     /// `vb` points at the composite checkpoint's `decoder` prefix; its dtype is the
     /// float type of activations and unquantized weights. `quant` quantizes the
-    /// projections and LM heads.
-    pub fn new(cfg: &DecoderConfig, quant: Option<&Quantizer>, vb: VarBuilder) -> Result<Self> {
+    /// projections and LM heads. `cross_attention` is false for a melody decoder.
+    pub fn new(
+        cfg: &DecoderConfig,
+        cross_attention: bool,
+        quant: Option<&Quantizer>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let k = cfg.num_codebooks;
         let vb_m = vb.pp("model").pp("decoder");
@@ -457,7 +480,7 @@ impl Decoder {
         // Layers load (and quantize) in parallel on the caller's pool.
         let layers = (0..cfg.num_hidden_layers)
             .into_par_iter()
-            .map(|i| DecoderLayer::new(cfg, quant, vb_m.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::new(cfg, cross_attention, quant, vb_m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let heads = (0..k)
             .map(|i| vb.pp("lm_heads").pp(i).get((cfg.vocab_size, d), "weight"))
@@ -474,12 +497,10 @@ impl Decoder {
             lm_heads,
             num_codebooks: k,
             vocab_size: cfg.vocab_size,
-            embed_scale: if cfg.scale_embedding {
-                (d as f64).sqrt()
-            } else {
-                1.0
-            },
+            // `scale_embedding` is read by transformers but never applied (5.24,
+            // both decoders), and the published checkpoints leave it off.
             offset: 0,
+            prefix: None,
         })
     }
 
@@ -487,10 +508,12 @@ impl Decoder {
     /// projections run once per prompt, so they are not counted).
     pub fn step_weight_bytes(&self) -> usize {
         let per_layer = |l: &DecoderLayer| {
+            let cross = l.encoder_attn.as_ref().map_or(0, |(a, _)| {
+                a.q_proj.weight_bytes() + a.out_proj.weight_bytes()
+            });
             l.self_attn.qkv_proj.weight_bytes()
                 + l.self_attn.out_proj.weight_bytes()
-                + l.encoder_attn.q_proj.weight_bytes()
-                + l.encoder_attn.out_proj.weight_bytes()
+                + cross
                 + l.fc1.weight_bytes()
                 + l.fc2.weight_bytes()
         };
@@ -505,19 +528,32 @@ impl Decoder {
         self.positions.dim(0).unwrap_or(0)
     }
 
+    /// Whether the layers cross-attend to encoder states (MusicGen) or take a
+    /// prefix (MusicGen-melody).
+    pub fn has_cross_attention(&self) -> bool {
+        self.layers
+            .first()
+            .is_some_and(|l| l.encoder_attn.is_some())
+    }
+
     /// Starts a new generation: clears the self-attention caches (sized for
-    /// `capacity` steps) and sets the prompt's encoder states, `(1, text_len,
-    /// hidden)`, or `None` for unconditional generation.
-    pub fn reset(&mut self, encoder_states: Option<&Tensor>, capacity: usize) -> Result<()> {
+    /// `capacity` positions, a prefix's included) and sets the conditioning:
+    /// MusicGen's encoder states `(1, text_len, hidden)` for cross-attention, or
+    /// a melody decoder's prefix `(batch, len, hidden)` for the first forward to
+    /// prepend. `None` for unconditional generation.
+    pub fn reset(&mut self, conditioning: Option<&Tensor>, capacity: usize) -> Result<()> {
         self.offset = 0;
-        let states = match encoder_states {
+        let states = match conditioning {
             Some(s) => Some(s.to_dtype(self.positions.dtype())?),
             None => None,
         };
-        let encoder_states = states.as_ref();
+        let cross = self.has_cross_attention();
+        self.prefix = if cross { None } else { states.clone() };
         for layer in self.layers.iter_mut() {
             layer.self_attn.reset(capacity);
-            layer.encoder_attn.set_encoder_states(encoder_states)?;
+            if let Some((attn, _)) = &mut layer.encoder_attn {
+                attn.set_encoder_states(states.as_ref())?;
+            }
         }
         Ok(())
     }
@@ -527,7 +563,9 @@ impl Decoder {
     pub fn set_ablation(&mut self, ablation: Ablation) {
         for layer in self.layers.iter_mut() {
             layer.self_attn.concat = ablation.kv_concat.then_some(None);
-            layer.encoder_attn.every_step = ablation.cross_kv_every_step;
+            if let Some((attn, _)) = &mut layer.encoder_attn {
+                attn.every_step = ablation.cross_kv_every_step;
+            }
         }
     }
 
@@ -535,15 +573,20 @@ impl Decoder {
     /// before the audio decode so the two never hold memory at once.
     pub fn release(&mut self) {
         self.offset = 0;
+        self.prefix = None;
         for layer in self.layers.iter_mut() {
             layer.self_attn.reset(1);
-            layer.encoder_attn.kv = None;
-            layer.encoder_attn.states = None;
+            if let Some((attn, _)) = &mut layer.encoder_attn {
+                attn.kv = None;
+                attn.states = None;
+            }
         }
     }
 
     /// Runs the decoder on `ids` of shape `(batch, codebooks, seq)` (u32) following the
     /// cached prefix, and returns logits `(batch, codebooks, seq, vocab)` in f32.
+    /// The first forward after [`Decoder::reset`] with a melody prefix runs the
+    /// prefix too (its logits are not returned).
     pub fn forward(&mut self, ids: &Tensor) -> Result<Tensor> {
         let (b, k, s) = ids.dims3()?;
         if k != self.num_codebooks {
@@ -552,31 +595,44 @@ impl Decoder {
                 self.num_codebooks
             );
         }
-        if self.offset + s > self.max_positions() {
-            candle_core::bail!(
-                "decoder position {} is past max_position_embeddings {}",
-                self.offset + s,
-                self.max_positions()
-            );
-        }
         let mut x = self.embed_tokens[0].forward(&ids.narrow(1, 0, 1)?.squeeze(1)?)?;
         for (i, embed) in self.embed_tokens.iter().enumerate().skip(1) {
             x = (x + embed.forward(&ids.narrow(1, i, 1)?.squeeze(1)?)?)?;
         }
-        if self.embed_scale != 1.0 {
-            x = (x * self.embed_scale)?;
+        if let Some(prefix) = self.prefix.take() {
+            if prefix.dim(0)? != b {
+                candle_core::bail!(
+                    "the conditioning prefix has {} rows, the input {b}",
+                    prefix.dim(0)?
+                );
+            }
+            x = Tensor::cat(&[&prefix, &x], 1)?;
         }
-        let pos = self.positions.narrow(0, self.offset, s)?;
+        let total = x.dim(1)?;
+        if self.offset + total > self.max_positions() {
+            candle_core::bail!(
+                "decoder position {} is past max_position_embeddings {}",
+                self.offset + total,
+                self.max_positions()
+            );
+        }
+        let pos = self.positions.narrow(0, self.offset, total)?;
         let mut x = x.broadcast_add(&pos)?;
-        let mask = if s > 1 {
-            Some(causal_mask(s, self.offset, x.dtype(), x.device())?)
+        let mask = if total > 1 {
+            Some(causal_mask(total, self.offset, x.dtype(), x.device())?)
         } else {
             None
         };
         for layer in self.layers.iter_mut() {
             x = layer.forward(&x, mask.as_ref())?;
         }
-        self.offset += s;
+        self.offset += total;
+        // Only the input's own positions get logits.
+        let x = if total > s {
+            x.narrow(1, total - s, s)?
+        } else {
+            x
+        };
         let x = self.layer_norm.forward(&x)?;
         let logits = self.lm_heads.forward(&x)?; // (b, s, k * vocab)
         logits

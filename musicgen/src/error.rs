@@ -35,6 +35,10 @@ pub enum Error {
         source: candle_core::Error,
     },
 
+    /// A melody given to a checkpoint that cannot take one.
+    #[error("this checkpoint takes no melody; melody conditioning needs a MusicGen-melody checkpoint: {checkpoints}")]
+    MelodyUnsupported { checkpoints: String },
+
     /// Audio (a prompt, a melody) with no samples.
     #[error("the {what} has no samples")]
     EmptyAudio { what: &'static str },

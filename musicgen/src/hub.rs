@@ -12,6 +12,8 @@ use crate::request::ModelSource;
 pub const CONFIG: &str = "config.json";
 pub const GENERATION_CONFIG: &str = "generation_config.json";
 pub const TOKENIZER: &str = "tokenizer.json";
+/// Melody checkpoints: the chroma feature extractor's settings.
+pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 
@@ -21,6 +23,8 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub generation_config: Option<PathBuf>,
     pub tokenizer: PathBuf,
+    /// `preprocessor_config.json`, where the checkpoint has one (melody).
+    pub preprocessor_config: Option<PathBuf>,
     /// One file, or the shards named by `model.safetensors.index.json`.
     pub weights: Vec<PathBuf>,
 }
@@ -116,6 +120,7 @@ pub fn local_files(dir: &Path) -> Result<ModelFiles> {
     let config = need(CONFIG)?;
     let tokenizer = need(TOKENIZER)?;
     let generation_config = Some(dir.join(GENERATION_CONFIG)).filter(|p| p.is_file());
+    let preprocessor_config = Some(dir.join(PREPROCESSOR_CONFIG)).filter(|p| p.is_file());
     let weights = if dir.join(WEIGHTS).is_file() {
         vec![dir.join(WEIGHTS)]
     } else if dir.join(WEIGHTS_INDEX).is_file() {
@@ -132,6 +137,7 @@ pub fn local_files(dir: &Path) -> Result<ModelFiles> {
         config,
         generation_config,
         tokenizer,
+        preprocessor_config,
         weights,
     })
 }
@@ -156,6 +162,7 @@ fn cached_files(cache: &Cache, repo: &Repo) -> Option<ModelFiles> {
         config,
         generation_config: c.get(GENERATION_CONFIG),
         tokenizer,
+        preprocessor_config: c.get(PREPROCESSOR_CONFIG),
         weights,
     })
 }
@@ -255,6 +262,11 @@ pub fn resolve(
         None
     };
     let tokenizer = fetch(TOKENIZER)?;
+    let preprocessor_config = if listed(PREPROCESSOR_CONFIG) {
+        Some(fetch(PREPROCESSOR_CONFIG)?)
+    } else {
+        None
+    };
     let weights = if listed(WEIGHTS) {
         vec![fetch(WEIGHTS)?]
     } else if listed(WEIGHTS_INDEX) {
@@ -272,6 +284,7 @@ pub fn resolve(
         config,
         generation_config,
         tokenizer,
+        preprocessor_config,
         weights,
     })
 }

@@ -43,10 +43,12 @@ pub mod wav;
 
 pub use error::{Error, Result};
 pub use hub::{DownloadProgress, HubOptions, ModelFiles};
-pub use model::{compute_pool, select_device, CodeSource, Generation, MusicGen, Progress, Timings};
+pub use model::{
+    compute_pool, select_device, CodeSource, Conditioning, Generation, MusicGen, Progress, Timings,
+};
 pub use request::{
-    frames_for_duration, DeviceChoice, GenerationRequest, ModelSource, Precision, MAX_FRAMES,
-    MAX_PROMPT_TOKENS,
+    frames_for_duration, DeviceChoice, GenerationRequest, Melody, ModelSource, Precision,
+    MAX_FRAMES, MAX_PROMPT_TOKENS,
 };
 pub use sampling::{LogitsProcessor, Sampling};
 

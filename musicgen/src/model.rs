@@ -4,6 +4,11 @@
 //! prompt goes through the EnCodec encoder first and its codes lead the decoder
 //! input (`generate(input_values=...)`). Takes over 30 s are generated in windows
 //! as audiocraft's `MusicGen.generate` does with `extend_stride`.
+//!
+//! MusicGen-melody checkpoints (`MusicgenMelodyForConditionalGeneration`) run the
+//! same loop with a decoder that takes its conditioning as a prefix: the
+//! melody's chroma (or the null chroma) projected to the decoder's width and
+//! tiled or cut to `chroma_length` frames, then the projected text states.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,14 +19,15 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::t5;
 
-use crate::config::{Config, GenerationConfig};
+use crate::chroma::{self, Chroma, ChromaConfig, NUM_CHROMA};
+use crate::config::{Config, GenerationConfig, MELODY_CHECKPOINTS};
 use crate::decoder::Decoder;
 use crate::encodec::{EncodecDecoder, EncodecEncoder};
 use crate::error::{Error, Result};
 use crate::hub::{self, DownloadProgress, HubOptions, ModelFiles};
 use crate::request::{
-    DeviceChoice, GenerationDefaults, GenerationRequest, ModelSource, Pcm, Precision, MAX_FRAMES,
-    MAX_PROMPT_TOKENS,
+    DeviceChoice, GenerationDefaults, GenerationRequest, Melody, ModelSource, Pcm, Precision,
+    MAX_FRAMES, MAX_PROMPT_TOKENS,
 };
 use crate::sampling::LogitsProcessor;
 
@@ -33,6 +39,8 @@ pub enum Progress {
     EncodingText,
     /// The audio prompt goes through the EnCodec encoder.
     EncodingAudio,
+    /// The melody's chroma is computed (once per window).
+    EncodingMelody,
     /// Window `index` (from 1) of `count` starts; its steps follow. Takes up to
     /// 30 s are one window.
     Window {
@@ -56,6 +64,30 @@ pub enum CodeSource<'a> {
     Forced(&'a [Vec<u32>]),
 }
 
+/// What the decoder is conditioned on, made by [`MusicGen::encode_prompt`] or
+/// [`MusicGen::conditioning`].
+#[derive(Debug, Clone)]
+pub enum Conditioning {
+    /// MusicGen: the prompt's T5 states, projected to the decoder's width,
+    /// `(1, tokens, hidden)`; the decoder cross-attends to them.
+    Text(Tensor),
+    /// MusicGen-melody: the prefix the decoder input follows, `(1, len, hidden)`
+    /// (chroma frames, then text states), and classifier-free guidance's null
+    /// prefix of the same shape (the null chroma, then zeros), as transformers'
+    /// `_prepare_encoder_hidden_states_kwargs_for_generation` builds them.
+    Prefix { cond: Tensor, null: Tensor },
+}
+
+impl Conditioning {
+    /// Decoder positions the conditioning takes ahead of the codes.
+    pub fn prefix_len(&self) -> usize {
+        match self {
+            Conditioning::Text(_) => 0,
+            Conditioning::Prefix { cond, .. } => cond.dim(1).unwrap_or(0),
+        }
+    }
+}
+
 /// Sees each decoder step's guided logits `(codebooks, vocab)`.
 pub type LogitsObserver<'a> = &'a mut dyn FnMut(usize, &Tensor);
 
@@ -65,6 +97,8 @@ pub struct Timings {
     pub text: Duration,
     /// The EnCodec encoder on the audio prompt.
     pub prompt_audio: Duration,
+    /// Melody chroma, all windows together.
+    pub melody: Duration,
     /// One entry per decoder step.
     pub steps: Vec<Duration>,
     pub audio: Duration,
@@ -276,6 +310,10 @@ pub struct MusicGen {
     tokenizer: tokenizers::Tokenizer,
     text_encoder: t5::T5EncoderModel,
     enc_to_dec_proj: Option<Linear>,
+    /// Melody: chroma (12 bins) to the decoder's width, where they differ.
+    audio_enc_to_dec_proj: Option<Linear>,
+    /// Melody: the feature extractor's settings; `None` for text-only checkpoints.
+    chroma: Option<ChromaConfig>,
     decoder: Decoder,
     audio: EncodecDecoder,
     audio_in: EncodecEncoder,
@@ -381,9 +419,17 @@ impl MusicGen {
                 .unwrap_or_default();
             crate::decoder::Quantizer::new(dtype, cached)
         });
+        let chroma = if config.is_melody() {
+            Some(match &files.preprocessor_config {
+                Some(p) => ChromaConfig::from_file(p)?,
+                None => ChromaConfig::default(),
+            })
+        } else {
+            None
+        };
         let channels = config.decoder.audio_channels;
         let per_channel = config.decoder.num_codebooks / channels;
-        let (text_encoder, enc_to_dec_proj, decoder, audio, audio_in) = pool
+        let (text_encoder, enc_to_dec_proj, audio_enc_to_dec_proj, decoder, audio, audio_in) = pool
             .install(|| -> candle_core::Result<_> {
                 let text_encoder =
                     t5::T5EncoderModel::load(vb.pp("text_encoder"), &config.text_encoder)?;
@@ -393,8 +439,18 @@ impl MusicGen {
                 } else {
                     None
                 };
+                let audio_enc_to_dec_proj = if config.is_melody() && config.num_chroma != dd {
+                    Some(candle_nn::linear(
+                        config.num_chroma,
+                        dd,
+                        vb.pp("audio_enc_to_dec_proj"),
+                    )?)
+                } else {
+                    None
+                };
                 let decoder = Decoder::new(
                     &config.decoder,
+                    !config.is_melody(),
                     quantizer.as_ref(),
                     vb.pp("decoder").set_dtype(precision.float_dtype()),
                 )?;
@@ -408,7 +464,14 @@ impl MusicGen {
                     per_channel,
                     vb.pp("audio_encoder"),
                 )?;
-                Ok((text_encoder, enc_to_dec_proj, decoder, audio, audio_in))
+                Ok((
+                    text_encoder,
+                    enc_to_dec_proj,
+                    audio_enc_to_dec_proj,
+                    decoder,
+                    audio,
+                    audio_in,
+                ))
             })
             .map_err(weights_err)?;
         if let (Some(q), Some(file)) = (&quantizer, &cache_file) {
@@ -427,6 +490,8 @@ impl MusicGen {
             tokenizer,
             text_encoder,
             enc_to_dec_proj,
+            audio_enc_to_dec_proj,
+            chroma,
             decoder,
             audio,
             audio_in,
@@ -470,10 +535,29 @@ impl MusicGen {
     }
 
     /// Frames in one decoder window (30 s, or fewer where the checkpoint's
-    /// positions run out first).
+    /// positions run out first; a melody decoder's positions also hold the
+    /// chroma and the longest text prompt).
     pub fn window_frames(&self) -> usize {
         let max_delay = self.num_codebooks() / self.channels - 1;
-        MAX_FRAMES.min(self.decoder.max_positions().saturating_sub(max_delay + 1))
+        let prefix = match self.chroma {
+            Some(_) => self.config.chroma_length + MAX_PROMPT_TOKENS,
+            None => 0,
+        };
+        MAX_FRAMES.min(
+            self.decoder
+                .max_positions()
+                .saturating_sub(max_delay + 1 + prefix),
+        )
+    }
+
+    /// Whether this checkpoint takes a melody (MusicGen-melody).
+    pub fn has_melody(&self) -> bool {
+        self.chroma.is_some()
+    }
+
+    /// The melody feature extractor's settings (melody checkpoints only).
+    pub fn chroma_config(&self) -> Option<&ChromaConfig> {
+        self.chroma.as_ref()
     }
 
     /// Frames a window after the first adds, for a stride in seconds: audiocraft's
@@ -519,10 +603,10 @@ impl MusicGen {
         Ok(self.pool.install(|| encoder.forward(&input))?)
     }
 
-    /// The decoder's conditioning for a prompt: T5 states, projected to the
-    /// decoder's width when they differ (times the all-ones attention mask), or
-    /// `None` for an empty prompt, which is MusicGen's unconditional generation.
-    pub fn encode_prompt(&mut self, prompt: &str) -> Result<Option<Tensor>> {
+    /// The prompt's T5 states, projected to the decoder's width when they differ
+    /// (times the all-ones attention mask), `(1, tokens, hidden)`; `None` for an
+    /// empty prompt, which is MusicGen's unconditional generation.
+    pub fn encode_text(&mut self, prompt: &str) -> Result<Option<Tensor>> {
         if prompt.trim().is_empty() {
             return Ok(None);
         }
@@ -535,12 +619,119 @@ impl MusicGen {
         Ok(Some(states))
     }
 
+    /// The decoder's conditioning for a prompt alone (a melody checkpoint gets
+    /// the null chroma); `None` for an empty prompt.
+    pub fn encode_prompt(&mut self, prompt: &str) -> Result<Option<Conditioning>> {
+        let text = self.encode_text(prompt)?;
+        self.conditioning(text.as_ref(), None)
+    }
+
+    /// The decoder's conditioning from projected text states ([`MusicGen::encode_text`])
+    /// and, for a melody checkpoint, one-hot chroma frames (`None`: the null
+    /// chroma, a one at bin 0). Nothing at all gives `None`: unconditional.
+    pub fn conditioning(
+        &self,
+        text: Option<&Tensor>,
+        chroma: Option<&Chroma>,
+    ) -> Result<Option<Conditioning>> {
+        if self.chroma.is_none() {
+            if chroma.is_some() {
+                return Err(self.no_melody());
+            }
+            return Ok(text.cloned().map(Conditioning::Text));
+        }
+        if text.is_none() && chroma.is_none() {
+            return Ok(None);
+        }
+        let chroma_length = self.config.chroma_length;
+        let project = |frames: &[[f32; NUM_CHROMA]]| -> Result<Tensor> {
+            if frames.is_empty() {
+                return Err(Error::EmptyAudio { what: "melody" });
+            }
+            let flat: Vec<f32> = frames.iter().flatten().copied().collect();
+            let t = Tensor::from_vec(flat, (1, frames.len(), NUM_CHROMA), &self.device)?;
+            let t = match &self.audio_enc_to_dec_proj {
+                Some(proj) => self.pool.install(|| proj.forward(&t))?,
+                None => t,
+            };
+            // Tiled up to chroma_length when shorter, then cut to it.
+            let n = frames.len();
+            let t = if n < chroma_length {
+                let copies = vec![&t; chroma_length.div_ceil(n)];
+                Tensor::cat(&copies, 1)?
+            } else {
+                t
+            };
+            Ok(t.narrow(1, 0, chroma_length)?)
+        };
+        let mut null_frame = [0f32; NUM_CHROMA];
+        null_frame[0] = 1.0;
+        let null_melody = project(&[null_frame])?;
+        let cond_melody = match chroma {
+            Some(frames) => project(frames)?,
+            None => null_melody.clone(),
+        };
+        let (cond, null) = match text {
+            Some(states) => {
+                let states = states.to_dtype(cond_melody.dtype())?;
+                (
+                    Tensor::cat(&[&cond_melody, &states], 1)?,
+                    Tensor::cat(&[&null_melody, &states.zeros_like()?], 1)?,
+                )
+            }
+            None => (cond_melody, null_melody),
+        };
+        Ok(Some(Conditioning::Prefix { cond, null }))
+    }
+
+    fn no_melody(&self) -> Error {
+        Error::MelodyUnsupported {
+            checkpoints: MELODY_CHECKPOINTS.join(", "),
+        }
+    }
+
+    /// The chroma a window that starts `start_s` seconds into the take is
+    /// conditioned on. The first window's is the feature extractor's, exactly
+    /// (audio), or the same frames from notes; a later window's melody moves with
+    /// it as audiocraft's does: the melody, looped, from `start_s` on, for the
+    /// extractor's `chunk_length` seconds.
+    pub fn melody_chroma(&self, melody: &Melody, start_s: f64) -> Result<Chroma> {
+        let config = self.chroma.as_ref().ok_or_else(|| self.no_melody())?;
+        let rate = config.sampling_rate as f64;
+        let span = config.chunk_length as f64;
+        match melody {
+            Melody::Audio(pcm) if start_s <= 0.0 => chroma::chroma_from_audio(config, pcm),
+            Melody::Audio(pcm) => {
+                pcm.check("melody")?;
+                let mono = crate::wav::to_channels(pcm, 1);
+                let at_rate = crate::wav::resample_pcm(&mono, config.sampling_rate)?;
+                let src = &at_rate.channels[0];
+                if src.is_empty() {
+                    return Err(Error::EmptyAudio { what: "melody" });
+                }
+                let from = (start_s * rate).round() as usize;
+                let looped: Vec<f32> = (0..(span * rate) as usize)
+                    .map(|i| src[(from + i) % src.len()])
+                    .collect();
+                chroma::chroma_from_audio(config, &Pcm::mono(looped, config.sampling_rate))
+            }
+            Melody::Notes { notes, duration_s } => {
+                let (offset, frames) = if start_s <= 0.0 {
+                    (0.0, config.frames_for((duration_s * rate).round() as usize))
+                } else {
+                    (start_s, config.frames_for((span * rate) as usize))
+                };
+                chroma::chroma_from_looped_notes(config, notes, *duration_s, offset, frames)
+            }
+        }
+    }
+
     /// Runs the decoder loop and returns codes `(codebooks, frames)`. `on_logits`
     /// sees each step's guided logits `(codebooks, vocab)`.
     #[allow(clippy::too_many_arguments)]
     pub fn generate_codes(
         &mut self,
-        conditioning: Option<&Tensor>,
+        conditioning: Option<&Conditioning>,
         frames: usize,
         guidance_scale: f64,
         codes_from: CodeSource<'_>,
@@ -573,7 +764,7 @@ impl MusicGen {
     #[allow(clippy::too_many_arguments)]
     pub fn continue_codes(
         &mut self,
-        conditioning: Option<&Tensor>,
+        conditioning: Option<&Conditioning>,
         prompt: &[Vec<u32>],
         new_frames: usize,
         guidance_scale: f64,
@@ -604,13 +795,21 @@ impl MusicGen {
         // Stereo codebooks 2c and 2c + 1 share codebook c's delay.
         let max_delay = k / ch - 1;
         let last_column = frames + max_delay;
-        // The start column plus one column per frame and delay.
-        if last_column + 1 > self.decoder.max_positions() {
+        let prefix_len = conditioning.map_or(0, Conditioning::prefix_len);
+        // The start column plus one column per frame and delay, after any prefix.
+        if prefix_len + last_column + 1 > self.decoder.max_positions() {
             return Err(Error::InvalidRequest(format!(
-                "{frames} frames need {} decoder positions; this checkpoint has {}",
-                last_column + 1,
+                "{frames} frames (and {prefix_len} positions of conditioning) need {} decoder positions; this checkpoint has {}",
+                prefix_len + last_column + 1,
                 self.decoder.max_positions()
             )));
+        }
+        if let Some(c) = conditioning {
+            if matches!(c, Conditioning::Text(_)) != self.decoder.has_cross_attention() {
+                return Err(Error::InvalidRequest(
+                    "the conditioning was made for another kind of checkpoint".into(),
+                ));
+            }
         }
         if let CodeSource::Forced(forced) = &codes_from {
             if forced.len() != k || forced.iter().any(|row| row.len() < frames) {
@@ -649,7 +848,13 @@ impl MusicGen {
             }
         };
 
-        pool.install(|| decoder.reset(conditioning, last_column + 1))?;
+        let states = match conditioning {
+            None => None,
+            Some(Conditioning::Text(t)) => Some(t.clone()),
+            Some(Conditioning::Prefix { cond, .. }) if !guided => Some(cond.clone()),
+            Some(Conditioning::Prefix { cond, null }) => Some(Tensor::cat(&[cond, null], 0)?),
+        };
+        pool.install(|| decoder.reset(states.as_ref(), prefix_len + last_column + 1))?;
         // Columns 0..=p hold only the start token, the prompt and padding: one prefill.
         let mut input = Vec::with_capacity(batch * k * (p + 1));
         let mut col = Vec::with_capacity(k);
@@ -725,11 +930,14 @@ impl MusicGen {
     /// The whole decoder side of a take: `new_frames` after `prompt`, in windows
     /// of [`MusicGen::window_frames`] that start `stride` frames apart (see
     /// [`plan_windows`]); one window, exactly [`MusicGen::continue_codes`], when
-    /// the take fits. Memory is one window's caches plus the codes.
+    /// the take fits. `text` is [`MusicGen::encode_text`]'s; a melody's chroma
+    /// is made for each window ([`MusicGen::melody_chroma`]). Memory is one
+    /// window's caches plus the codes.
     #[allow(clippy::too_many_arguments)]
     pub fn generate_windows(
         &mut self,
-        conditioning: Option<&Tensor>,
+        text: Option<&Tensor>,
+        melody: Option<&Melody>,
         prompt: &[Vec<u32>],
         new_frames: usize,
         stride: usize,
@@ -737,8 +945,11 @@ impl MusicGen {
         sampler: &mut LogitsProcessor,
         progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
-        step_times: &mut Vec<Duration>,
+        timings: &mut Timings,
     ) -> Result<Vec<Vec<u32>>> {
+        if melody.is_some() && !self.has_melody() {
+            return Err(self.no_melody());
+        }
         let window = self.window_frames();
         let p = prompt.first().map(|r| r.len()).unwrap_or(0);
         let total = p + new_frames;
@@ -764,8 +975,20 @@ impl MusicGen {
             });
             let have = window_prompt.first().map(|r| r.len()).unwrap_or(0);
             debug_assert_eq!(start + have, out[0].len());
+            let chroma = match melody {
+                Some(m) => {
+                    progress(Progress::EncodingMelody);
+                    let t0 = Instant::now();
+                    let c = self.melody_chroma(m, start as f64 / self.frame_rate())?;
+                    timings.melody += t0.elapsed();
+                    check_cancel(cancel)?;
+                    Some(c)
+                }
+                None => None,
+            };
+            let conditioning = self.conditioning(text, chroma.as_ref())?;
             let codes = self.continue_codes(
-                conditioning,
+                conditioning.as_ref(),
                 &window_prompt,
                 len - have,
                 guidance_scale,
@@ -773,7 +996,7 @@ impl MusicGen {
                 None,
                 progress,
                 cancel,
-                step_times,
+                &mut timings.steps,
             )?;
             for (o, row) in out.iter_mut().zip(&codes) {
                 o.extend_from_slice(&row[have..]);
@@ -922,11 +1145,14 @@ impl MusicGen {
         cancel: &AtomicBool,
     ) -> Result<Generation> {
         request.validate()?;
+        if request.melody.is_some() && !self.has_melody() {
+            return Err(self.no_melody());
+        }
         check_cancel(cancel)?;
         let mut timings = Timings::default();
         let t0 = Instant::now();
         progress(Progress::EncodingText);
-        let conditioning = self.encode_prompt(&request.prompt)?;
+        let text = self.encode_text(&request.prompt)?;
         timings.text = t0.elapsed();
         let window = self.window_frames();
         let stride = self.stride_frames(request.extend_stride_s());
@@ -944,7 +1170,8 @@ impl MusicGen {
         let prompt_frames = prompt[0].len();
         let mut processor = LogitsProcessor::new(request.sampling, request.seed);
         let codes = self.generate_windows(
-            conditioning.as_ref(),
+            text.as_ref(),
+            request.melody.as_ref(),
             &prompt,
             request.frames,
             stride,
@@ -952,7 +1179,7 @@ impl MusicGen {
             &mut processor,
             progress,
             cancel,
-            &mut timings.steps,
+            &mut timings,
         )?;
         check_cancel(cancel)?;
         progress(Progress::DecodingAudio);
@@ -1023,9 +1250,14 @@ impl MusicGen {
         };
         let batch = if guided { 2 } else { 1 };
         let steps = frames + self.num_codebooks() - 1;
-        let mean_len = steps.div_ceil(2);
+        // A melody decoder's cache also holds its prefix: chroma and text.
+        let (prefix, cross_tokens) = match self.chroma {
+            Some(_) => (self.config.chroma_length + text_tokens, 0),
+            None => (0, text_tokens),
+        };
+        let mean_len = prefix + steps.div_ceil(2);
         let self_kv = layers * 2 * batch * d * mean_len * kv_size;
-        let cross_kv = layers * 2 * d * text_tokens * float;
+        let cross_kv = layers * 2 * d * cross_tokens * float;
         self.decoder.step_weight_bytes() + self_kv + cross_kv
     }
 

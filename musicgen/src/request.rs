@@ -232,6 +232,39 @@ impl Pcm {
     }
 }
 
+/// A melody to condition a MusicGen-melody checkpoint on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Melody {
+    /// Audio, whose chroma the feature extractor's way is computed.
+    Audio(Pcm),
+    /// Notes (a MIDI melody) over `duration_s` seconds: the same one-hot chroma
+    /// without rendering audio. A take longer than the melody loops it.
+    Notes {
+        notes: Vec<crate::chroma::Note>,
+        duration_s: f64,
+    },
+}
+
+impl Melody {
+    /// Refuses an empty or unreadable melody before any work is done.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Melody::Audio(pcm) => pcm.check("melody"),
+            Melody::Notes { notes, duration_s } => {
+                if !duration_s.is_finite() || *duration_s <= 0.0 {
+                    return Err(Error::InvalidRequest(format!(
+                        "a melody of notes must last more than 0 s (got {duration_s} s)"
+                    )));
+                }
+                if notes.is_empty() {
+                    return Err(Error::InvalidRequest("the melody has no notes".into()));
+                }
+                crate::chroma::check_notes(notes)
+            }
+        }
+    }
+}
+
 /// Everything that decides a take. Stored with every take so it can be regenerated
 /// (apart from the audio prompt's PCM, which is never serialized).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +292,10 @@ pub struct GenerationRequest {
     /// stores where its prompt came from, not the samples.
     #[serde(skip)]
     pub audio_prompt: Option<Pcm>,
+    /// A melody (MusicGen-melody checkpoints only). Not serialized, like the
+    /// audio prompt: a take stores where its melody came from.
+    #[serde(skip)]
+    pub melody: Option<Melody>,
 }
 
 impl Default for GenerationRequest {
@@ -278,6 +315,7 @@ impl Default for GenerationRequest {
             seed: 0,
             extend_stride: None,
             audio_prompt: None,
+            melody: None,
         }
     }
 }
@@ -364,6 +402,9 @@ impl GenerationRequest {
         }
         if let Some(pcm) = &self.audio_prompt {
             pcm.check("audio prompt")?;
+        }
+        if let Some(melody) = &self.melody {
+            melody.check()?;
         }
         if !self.guidance_scale.is_finite() || self.guidance_scale < 1.0 {
             return bad(format!(

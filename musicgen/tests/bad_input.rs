@@ -97,8 +97,11 @@ fn other_models_and_unsupported_variants_are_refused_by_name() {
     let cases: [(&str, Edit); 4] = [
         ("\"t5\" model", Box::new(|j| j["model_type"] = "t5".into())),
         (
-            "melody",
-            Box::new(|j| j["model_type"] = "musicgen_melody".into()),
+            "13 chroma bins",
+            Box::new(|j| {
+                j["model_type"] = "musicgen_melody".into();
+                j["num_chroma"] = 13.into();
+            }),
         ),
         (
             "stereo",

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::model_dir;
+use common::{model_dir, Reference};
 
 fn musicgen() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_musicgen"));
@@ -171,8 +171,67 @@ fn help_explains_every_flag() {
         "--audio-prompt",
         "--continuation-only",
         "--extend-stride",
+        "--melody",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     assert!(help.contains("default"));
+}
+
+#[test]
+fn melody_follows_a_wav_and_matches_the_reference() {
+    let r = Reference::load("tiny-melody");
+    let out = tempfile::tempdir().unwrap();
+    let melody = out.path().join("melody.wav");
+    musicgen::wav::write_wav(&melody, &r.floats("chroma.sine.audio"), 32_000).unwrap();
+    let wav = out.path().join("take.wav");
+    let codes = out.path().join("codes.json");
+    let run = |model: &str, melody: &Path| {
+        musicgen()
+            .args(["generate", "--prompt", &r.prompt(), "--duration", "0.4"])
+            .args(["--greedy", "--guidance-scale", "3"])
+            .arg("--model")
+            .arg(model_dir(model))
+            .arg("--melody")
+            .arg(melody)
+            .arg("--out")
+            .arg(&wav)
+            .arg("--codes")
+            .arg(&codes)
+            .output()
+            .unwrap()
+    };
+    let o = run("tiny-melody", &melody);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&codes).unwrap()).unwrap();
+    let got: Vec<Vec<u32>> = serde_json::from_value(json["codes"].clone()).unwrap();
+    assert_eq!(got, r.codes("sine.g3.codes"));
+    let (audio, _) = musicgen::wav::read_wav(&wav).unwrap();
+    assert_eq!(audio.len(), 20 * 640);
+    std::fs::remove_file(&wav).unwrap();
+    std::fs::remove_file(&codes).unwrap();
+
+    // A text-only checkpoint names the ones that take a melody; nothing is written.
+    let o = run("tiny-a", &melody);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("facebook/musicgen-melody"), "{err}");
+    assert!(!wav.exists() && !codes.exists());
+    // A melody WAV with no samples, and one that is not there.
+    let empty = out.path().join("empty.wav");
+    musicgen::wav::write_wav(&empty, &[], 32_000).unwrap();
+    for (file, needle) in [
+        (empty.as_path(), "melody has no samples"),
+        (
+            Path::new("/nonexistent-melody.wav"),
+            "/nonexistent-melody.wav",
+        ),
+    ] {
+        let o = run("tiny-melody", file);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!wav.exists());
+    }
 }

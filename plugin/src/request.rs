@@ -102,6 +102,7 @@ pub fn request_for(settings: &Settings) -> Result<GenerationRequest> {
         seed: settings.seed.unwrap_or_else(random_seed),
         extend_stride: None,
         audio_prompt: None,
+        melody: None,
     })
 }
 

@@ -123,6 +123,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         extend_stride: None,
         audio_prompt: None,
+        melody: None,
     };
     request.validate()?;
     reset_peak_rss();

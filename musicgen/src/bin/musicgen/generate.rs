@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use musicgen::{
     compute_pool, frames_for_duration, hub::HubOptions, wav, DeviceChoice, GenerationRequest,
-    ModelSource, MusicGen, Precision, Sampling,
+    Melody, ModelSource, MusicGen, Precision, Sampling,
 };
 
 use crate::{check_writable, Reporter, MUSICGEN_FRAME_RATE};
@@ -47,6 +47,14 @@ pub(crate) struct GenerateArgs {
     /// original clip); --codes still lists the prompt's frames too.
     #[arg(long, requires = "audio_prompt")]
     continuation_only: bool,
+
+    /// Follow this melody (a WAV, read as --audio-prompt is): its chroma, the
+    /// dominant pitch class of every 128 ms, conditions the take. Needs a melody
+    /// checkpoint (facebook/musicgen-melody, -melody-large, -stereo-melody,
+    /// -stereo-melody-large). The first 30 s count; a shorter melody repeats;
+    /// past 30 s each window follows the melody from where it starts.
+    #[arg(long, value_name = "FILE.wav")]
+    melody: Option<PathBuf>,
 
     /// For takes over 30 s: seconds each window after the first adds, 1 to 29
     /// (audiocraft's extend_stride). Each further window is prompted by the last
@@ -150,6 +158,14 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
+    let melody = match &args.melody {
+        Some(path) => {
+            let pcm = wav::read_wav_channels(path, "melody")?;
+            pcm.check("melody")?;
+            Some(Melody::Audio(pcm))
+        }
+        None => None,
+    };
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -168,6 +184,11 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         &cancel,
     )?;
     let load_time = t0.elapsed();
+    if melody.is_some() && !model.has_melody() {
+        bail!(musicgen::Error::MelodyUnsupported {
+            checkpoints: musicgen::config::MELODY_CHECKPOINTS.join(", "),
+        });
+    }
 
     let defaults = model.defaults();
     let sampling = if args.greedy {
@@ -198,6 +219,7 @@ pub(crate) fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         extend_stride: Some(args.extend_stride),
         audio_prompt,
+        melody,
     };
     let take = model.generate(&request, &mut |p| reporter.report(p), &cancel)?;
     reporter.finish();

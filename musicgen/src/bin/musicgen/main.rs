@@ -110,6 +110,7 @@ impl Reporter {
             Progress::Loading => self.stage("loading"),
             Progress::EncodingText => self.stage("text"),
             Progress::EncodingAudio => self.stage("audio prompt"),
+            Progress::EncodingMelody => self.stage("melody"),
             Progress::Window { index, count } => {
                 self.window = (count > 1).then(|| format!("window {index}/{count}"));
             }
