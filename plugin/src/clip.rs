@@ -11,8 +11,10 @@ use crate::take::TakeKey;
 pub struct Clip {
     /// The take this clip plays.
     pub take: TakeKey,
-    /// Mono PCM at `sample_rate`.
+    /// PCM at `sample_rate`, interleaved when `channels` is 2.
     pub samples: Vec<f32>,
+    /// 1 (mono, played on both sides) or 2 (stereo).
+    pub channels: usize,
     pub sample_rate: u32,
     /// Length in beats at the tempo it was made for (bar-length takes only):
     /// the loop locks to the host's bars while the host runs at that tempo.
@@ -25,6 +27,7 @@ impl Clip {
     pub fn new(
         take: TakeKey,
         samples: Vec<f32>,
+        channels: usize,
         sample_rate: u32,
         beats: Option<f64>,
         tempo: Option<f64>,
@@ -32,14 +35,27 @@ impl Clip {
         Arc::new(Self {
             take,
             samples,
+            channels: channels.clamp(1, 2),
             sample_rate,
             beats,
             tempo,
         })
     }
 
+    /// Length in frames (samples per channel).
     pub fn len(&self) -> usize {
-        self.samples.len()
+        self.samples.len() / self.channels
+    }
+
+    /// The left and right sample of frame `i` (a mono clip's on both sides).
+    #[inline]
+    pub fn frame(&self, i: usize) -> (f32, f32) {
+        if self.channels == 2 {
+            (self.samples[2 * i], self.samples[2 * i + 1])
+        } else {
+            let s = self.samples[i];
+            (s, s)
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,6 +92,43 @@ pub fn make_loop(audio: &[f32], len: usize, fade: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// [`make_loop`] of interleaved audio, each channel on its own; `len` and `fade`
+/// in frames.
+pub fn make_loop_interleaved(audio: &[f32], channels: usize, len: usize, fade: usize) -> Vec<f32> {
+    if channels <= 1 {
+        return make_loop(audio, len, fade);
+    }
+    let looped: Vec<Vec<f32>> = (0..channels)
+        .map(|c| {
+            let side: Vec<f32> = audio.iter().skip(c).step_by(channels).copied().collect();
+            make_loop(&side, len, fade)
+        })
+        .collect();
+    interleave(&looped)
+}
+
+/// Planar channels to one interleaved buffer (the shortest sets the length).
+pub fn interleave(channels: &[Vec<f32>]) -> Vec<f32> {
+    let frames = channels.iter().map(Vec::len).min().unwrap_or(0);
+    let mut out = Vec::with_capacity(frames * channels.len());
+    for i in 0..frames {
+        for c in channels {
+            out.push(c[i]);
+        }
+    }
+    out
+}
+
+/// One channel of interleaved audio.
+pub fn channel(audio: &[f32], channels: usize, which: usize) -> Vec<f32> {
+    audio
+        .iter()
+        .skip(which)
+        .step_by(channels.max(1))
+        .copied()
+        .collect()
 }
 
 fn equal_power(t: f64) -> (f64, f64) {
@@ -123,6 +176,21 @@ mod tests {
         );
         // Away from the fade the audio is untouched.
         assert_eq!(&looped[100..], &audio[100..n]);
+    }
+
+    #[test]
+    fn stereo_loops_cut_each_side_alike() {
+        let left: Vec<f32> = (0..600).map(|i| (i as f32 * 0.05).sin()).collect();
+        let right: Vec<f32> = left.iter().map(|s| -0.5 * s).collect();
+        let both = interleave(&[left.clone(), right.clone()]);
+        let looped = make_loop_interleaved(&both, 2, 500, 50);
+        assert_eq!(looped.len(), 1000);
+        assert_eq!(channel(&looped, 2, 0), make_loop(&left, 500, 50));
+        assert_eq!(channel(&looped, 2, 1), make_loop(&right, 500, 50));
+        let clip = Clip::new(TakeKey(1), looped, 2, 32_000, None, None);
+        assert_eq!(clip.len(), 500);
+        let (l, r) = clip.frame(100);
+        assert_eq!((l, r), (left[100], right[100]));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub enum PluginError {
     EmptyLength { seconds: f64 },
 
     /// Longer than the engine makes; `bars` and `tempo` when asked for in bars.
-    #[error("{}; MusicGen makes at most {max} s: choose fewer bars or seconds", describe(*seconds, *bars, *tempo))]
+    #[error("{}; a take is at most {max} s (5 minutes): choose fewer bars or seconds", describe(*seconds, *bars, *tempo))]
     TooLong {
         seconds: f64,
         max: f64,

@@ -53,8 +53,14 @@ pub fn export_take(folder: &Path, meta: &TakeMeta, clip: &Clip) -> Result<PathBu
     std::fs::create_dir_all(folder).map_err(|e| PluginError::file("create", folder, e))?;
     // Write beside, then rename: a drop target never sees half a file.
     let partial = path.with_extension("wav.partial");
-    write_with_info(&partial, &clip.samples, clip.sample_rate, &info(meta))
-        .map_err(|e| PluginError::file("write", &partial, e))?;
+    write_with_info(
+        &partial,
+        &clip.samples,
+        clip.channels,
+        clip.sample_rate,
+        &info(meta),
+    )
+    .map_err(|e| PluginError::file("write", &partial, e))?;
     std::fs::rename(&partial, &path).map_err(|e| PluginError::file("write", &path, e))?;
     Ok(path)
 }
@@ -79,15 +85,17 @@ pub fn info(meta: &TakeMeta) -> Vec<([u8; 4], String)> {
     ]
 }
 
-/// A mono 32-bit float WAV followed by a LIST/INFO chunk.
+/// A 32-bit float WAV (`samples` interleaved when stereo) followed by a
+/// LIST/INFO chunk.
 pub fn write_with_info(
     path: &Path,
     samples: &[f32],
+    channels: usize,
     rate: u32,
     info: &[([u8; 4], String)],
 ) -> std::io::Result<()> {
     let spec = hound::WavSpec {
-        channels: 1,
+        channels: channels as u16,
         sample_rate: rate,
         bits_per_sample: 32,
         sample_format: hound::SampleFormat::Float,
@@ -208,6 +216,7 @@ mod tests {
             seconds: 0.5,
             samples: 16_000,
             sample_rate: 32_000,
+            channels: 2,
             tempo: None,
             bars: None,
             time_signature: None,
@@ -222,7 +231,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clip = Clip::new(
             crate::take::TakeKey(1),
-            (0..24_001).map(|i| (i as f32 * 0.01).sin()).collect(),
+            // Stereo: the sides differ.
+            (0..48_002).map(|i| (i as f32 * 0.01).sin()).collect(),
+            2,
             48_000,
             None,
             None,
@@ -233,7 +244,7 @@ mod tests {
             "dusty-boom-bap-drums-90-bpm-take-1-abc-48k.wav"
         );
         let mut r = hound::WavReader::open(&path).unwrap();
-        assert_eq!(r.spec().sample_rate, 48_000);
+        assert_eq!((r.spec().sample_rate, r.spec().channels), (48_000, 2));
         let samples: Vec<f32> = r.samples::<f32>().map(Result::unwrap).collect();
         assert_eq!(samples, clip.samples);
         let info = read_info(&path).unwrap();

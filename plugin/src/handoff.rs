@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn clips_travel_both_ways() {
         let (mut player, control) = handoff(2, 1);
-        let clip = Clip::new(TakeKey(1), vec![0.0; 4], 48_000, None, None);
+        let clip = Clip::new(TakeKey(1), vec![0.0; 4], 1, 48_000, None, None);
         assert!(control.send(AudioCommand::Preview(clip.clone())));
         assert!(control.send(AudioCommand::Select(None)));
         assert!(!control.send(AudioCommand::Select(None)), "full: dropped");

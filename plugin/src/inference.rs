@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use musicgen::{DeviceChoice, HubOptions, ModelSource, MusicGen, Precision, Progress};
 
-use crate::clip::{make_loop, LOOP_CROSSFADE_S};
+use crate::clip::{make_loop_interleaved, LOOP_CROSSFADE_S};
 use crate::error::{PluginError, Result};
 use crate::request::{Job, JobStage};
 use crate::store::{FinishedTake, IoMsg};
@@ -191,16 +191,17 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     let rate = model.sample_rate();
     let loop_len = (job.plan.seconds * rate as f64).round() as usize;
     let fade = (LOOP_CROSSFADE_S * rate as f64).round() as usize;
-    let max_frames = model.defaults().max_frames;
+    // Past one window (30 s) the engine goes on in windows, up to 5 minutes.
     let frames = (loop_len + fade)
         .div_ceil(model.hop_length())
-        .clamp(1, max_frames);
+        .clamp(1, musicgen::request::MAX_TOTAL_FRAMES);
     let mut request = job.request.clone();
     request.frames = frames;
     let generation = model.generate(
         &request,
         &mut |p| match p {
             Progress::EncodingText => job.set_stage(JobStage::EncodingText),
+            Progress::Window { index, count } => job.set_window(index, count),
             Progress::Step { step, total } => job.set_step(step, total),
             Progress::DecodingAudio => job.set_stage(JobStage::DecodingAudio),
             _ => {}
@@ -209,21 +210,12 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     );
     cache.last_used = Some(Instant::now());
     let generation = generation?;
+    let channels = generation.channels;
     Ok(FinishedTake {
         request,
-        pcm: make_loop(&mono(&generation), loop_len, fade),
+        // A stereo model's take stays stereo, each side looped alike.
+        pcm: make_loop_interleaved(&generation.audio, channels, loop_len, fade),
+        channels,
         sample_rate: generation.sample_rate,
     })
-}
-
-/// Takes are mono today: a stereo checkpoint's sides are mixed down.
-fn mono(generation: &musicgen::Generation) -> std::borrow::Cow<'_, [f32]> {
-    match generation.channels {
-        2 => generation
-            .audio
-            .chunks_exact(2)
-            .map(|lr| 0.5 * (lr[0] + lr[1]))
-            .collect(),
-        _ => std::borrow::Cow::Borrowed(&generation.audio),
-    }
 }

@@ -157,12 +157,19 @@ impl Plugin for Promptloop {
         let Some((first, rest)) = channels.split_first_mut() else {
             return ProcessStatus::KeepAlive;
         };
-        let mono = &mut first[..len];
+        let left = &mut first[..len];
+        let (mut right, others) = match rest.split_first_mut() {
+            Some((r, others)) => (Some(&mut r[..len]), others),
+            None => (None, &mut [][..]),
+        };
         let mut start = 0;
         while let Some(event) = context.next_event() {
             let at = (event.timing() as usize).min(len);
             if at > start {
-                self.player.render(&mut mono[start..at]);
+                self.player.render(
+                    &mut left[start..at],
+                    right.as_deref_mut().map(|r| &mut r[start..at]),
+                );
                 start = at;
             }
             match event {
@@ -177,18 +184,27 @@ impl Plugin for Promptloop {
             }
         }
         if start < len {
-            self.player.render(&mut mono[start..len]);
+            self.player.render(
+                &mut left[start..len],
+                right.as_deref_mut().map(|r| &mut r[start..len]),
+            );
         }
-        for i in 0..len {
-            let s = mono[i] * self.params.gain.smoothed.next();
-            let s = if s.is_finite() {
+        let safe = |s: f32| {
+            if s.is_finite() {
                 s.clamp(-4.0, 4.0)
             } else {
                 0.0
-            };
-            mono[i] = s;
-            for ch in rest.iter_mut() {
-                ch[i] = s;
+            }
+        };
+        for i in 0..len {
+            let g = self.params.gain.smoothed.next();
+            left[i] = safe(left[i] * g);
+            if let Some(r) = right.as_deref_mut() {
+                r[i] = safe(r[i] * g);
+            }
+            // Any further outputs carry the left side.
+            for ch in others.iter_mut() {
+                ch[i] = left[i];
             }
         }
         self.instance.playhead.publish(self.player.playhead());

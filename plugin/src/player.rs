@@ -66,14 +66,19 @@ impl Voice {
         self.clip.as_ref().is_some_and(|c| Arc::ptr_eq(c, clip))
     }
 
-    /// Adds `out.len()` samples into `out`. Returns the clip once the voice has
-    /// finished (faded out or reached the end of a one-shot).
-    fn render(&mut self, out: &mut [f32], end_fade: usize) -> Option<Arc<Clip>> {
+    /// Adds `left.len()` frames into `left` and `right` (a mono clip sounds on
+    /// both; with no `right`, the sides are mixed into `left`). Returns the clip
+    /// once the voice has finished (faded out or reached the end of a one-shot).
+    fn render(
+        &mut self,
+        left: &mut [f32],
+        mut right: Option<&mut [f32]>,
+        end_fade: usize,
+    ) -> Option<Arc<Clip>> {
         let clip = self.clip.as_ref()?;
-        let samples = &clip.samples[..];
-        let len = samples.len();
+        let len = clip.len();
         let mut finished = len == 0;
-        for o in out.iter_mut() {
+        for (i, o) in left.iter_mut().enumerate() {
             if finished {
                 break;
             }
@@ -100,7 +105,14 @@ impl Voice {
                     g *= left as f32 / end_fade as f32;
                 }
             }
-            *o += samples[self.pos] * g;
+            let (l, r) = clip.frame(self.pos);
+            match right.as_deref_mut() {
+                Some(right) => {
+                    *o += l * g;
+                    right[i] += r * g;
+                }
+                None => *o += 0.5 * (l + r) * g,
+            }
             self.pos += 1;
             if self.target == 0.0 && self.gain == 0.0 {
                 finished = true;
@@ -251,9 +263,14 @@ impl ClipPlayer {
         }
     }
 
-    /// Renders `out.len()` samples (mono) into `out`, overwriting it.
-    pub fn render(&mut self, out: &mut [f32]) {
-        out.fill(0.0);
+    /// Renders `left.len()` frames into `left` and `right`, overwriting them;
+    /// with no `right` (a one-channel output), a mix of both sides into `left`.
+    pub fn render(&mut self, left: &mut [f32], mut right: Option<&mut [f32]>) {
+        left.fill(0.0);
+        if let Some(r) = right.as_deref_mut() {
+            debug_assert_eq!(r.len(), left.len());
+            r.fill(0.0);
+        }
         let end_fade = self.fade_len;
         for i in 0..4 {
             let voice = match i {
@@ -262,7 +279,7 @@ impl ClipPlayer {
                 2 => &mut self.preview,
                 _ => &mut self.preview_tail,
             };
-            if let Some(done) = voice.render(out, end_fade) {
+            if let Some(done) = voice.render(left, right.as_deref_mut(), end_fade) {
                 Self::release_into(&mut self.queues, &mut self.pending, done);
             }
         }
@@ -455,6 +472,7 @@ mod tests {
         Clip::new(
             TakeKey(7),
             (0..len).map(|i| i as f32).collect(),
+            1,
             1000,
             None,
             None,
@@ -468,20 +486,20 @@ mod tests {
     #[test]
     fn midi_note_plays_from_the_start_with_a_fade_in() {
         let (mut p, tx) = player();
-        let clip = Clip::new(TakeKey(1), vec![1.0; 100], 1000, None, None);
+        let clip = Clip::new(TakeKey(1), vec![1.0; 100], 1, 1000, None, None);
         assert!(tx.send(AudioCommand::Select(Some(clip))));
         p.begin_block(PlayMode::Midi, &stopped());
         let mut out = [0.0f32; 20];
-        p.render(&mut out);
+        p.render(&mut out, None);
         assert!(out.iter().all(|&s| s == 0.0), "silent before a note");
         p.note_on(PlayMode::Midi, 60);
-        p.render(&mut out);
+        p.render(&mut out, None);
         // 5 ms fade at 1 kHz: 5 samples.
         assert!(out[0] > 0.0 && out[0] < 0.5, "{out:?}");
         assert_eq!(out[10], 1.0);
         p.note_off(Some(60));
         let mut tail = [0.0f32; 40];
-        p.render(&mut tail);
+        p.render(&mut tail, None);
         assert!(tail[0] > 0.9 && tail[39] == 0.0, "{tail:?}");
     }
 
@@ -492,6 +510,7 @@ mod tests {
         let clip = Clip::new(
             TakeKey(1),
             (0..1000).map(|i| i as f32).collect(),
+            1,
             1000,
             Some(2.0),
             Some(120.0),
@@ -505,11 +524,11 @@ mod tests {
         };
         p.begin_block(PlayMode::Loop, &at(0.5));
         let mut out = [0.0f32; 100];
-        p.render(&mut out);
+        p.render(&mut out, None);
         assert_eq!(p.main.pos, 350, "half a beat in = 250, plus the block");
         // A seek to beat 5 (= 1 beat into the loop): crossfade to sample 500.
         p.begin_block(PlayMode::Loop, &at(5.0));
-        p.render(&mut out);
+        p.render(&mut out, None);
         assert_eq!(p.main.pos, 600);
         assert!(p.tail.active() || p.tail.gain == 0.0);
         assert_eq!(
@@ -519,12 +538,40 @@ mod tests {
     }
 
     #[test]
+    fn stereo_clips_play_their_sides_and_mono_clips_both() {
+        let (mut p, tx) = player();
+        // Left counts up, right is its negative.
+        let stereo: Vec<f32> = (0..200).flat_map(|i| [i as f32, -(i as f32)]).collect();
+        let clip = Clip::new(TakeKey(1), stereo, 2, 1000, None, None);
+        assert!(tx.send(AudioCommand::Select(Some(clip))));
+        p.begin_block(PlayMode::Loop, &stopped());
+        let (mut l, mut r) = ([0.0f32; 50], [0.0f32; 50]);
+        p.render(&mut l, Some(&mut r));
+        assert_eq!((l[20], r[20]), (20.0, -20.0));
+        let mono = Clip::new(
+            TakeKey(2),
+            (0..100).map(|i| i as f32).collect(),
+            1,
+            1000,
+            None,
+            None,
+        );
+        assert!(tx.send(AudioCommand::Select(Some(mono))));
+        p.begin_block(PlayMode::Loop, &stopped());
+        for _ in 0..2 {
+            p.render(&mut l, Some(&mut r));
+        }
+        assert_eq!(l, r, "a mono take sounds the same on both sides");
+        assert!(l[49] > 0.0);
+    }
+
+    #[test]
     fn stopped_loop_starts_from_its_start() {
         let (mut p, tx) = player();
         assert!(tx.send(AudioCommand::Select(Some(ramp_clip(50)))));
         p.begin_block(PlayMode::Loop, &stopped());
         let mut out = [0.0f32; 120];
-        p.render(&mut out);
+        p.render(&mut out, None);
         // Faded in from 0, and wraps at 50.
         assert_eq!(out[10], 10.0);
         assert_eq!(out[60], 10.0);
@@ -544,7 +591,7 @@ mod tests {
         // A one-shot that reaches its end hands its clip back too.
         p.note_on(PlayMode::Midi, 1);
         let mut out = [0.0f32; 30];
-        p.render(&mut out);
+        p.render(&mut out, None);
         assert!(tx.pop_returned().is_some());
         assert!(!p.main.active());
     }

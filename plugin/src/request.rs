@@ -16,8 +16,8 @@ use crate::take::{random_seed, TakeId};
 
 /// Longest prompt accepted, in characters (the engine also limits tokens).
 pub const MAX_PROMPT_CHARS: usize = 2000;
-/// Longest take: MusicGen's 30 s.
-pub const MAX_SECONDS: f64 = 30.0;
+/// Longest take: 5 minutes (past 30 s the engine works in windows).
+pub const MAX_SECONDS: f64 = 300.0;
 /// Tempo assumed when the host gives none (and the editor says so).
 pub const FALLBACK_TEMPO: f64 = 120.0;
 
@@ -134,8 +134,14 @@ impl JobStage {
 #[derive(Debug, Clone)]
 pub struct JobProgress {
     pub stage: JobStage,
+    /// Decoder steps done and due in the current window.
     pub step: usize,
     pub total: usize,
+    /// The current window (from 1) and how many there are (takes over 30 s).
+    pub window: usize,
+    pub windows: usize,
+    /// Steps done in the windows before the current one.
+    pub steps_before: usize,
     pub steps_per_s: f64,
     pub eta_s: Option<f64>,
     pub queued_at: Instant,
@@ -164,6 +170,9 @@ impl Job {
                 stage: JobStage::Queued,
                 step: 0,
                 total: 0,
+                window: 1,
+                windows: 1,
+                steps_before: 0,
                 steps_per_s: 0.0,
                 eta_s: None,
                 queued_at: Instant::now(),
@@ -183,6 +192,17 @@ impl Job {
         p.stage = stage;
     }
 
+    /// Window `index` (from 1) of `count` starts.
+    pub fn set_window(&self, index: usize, count: usize) {
+        let mut p = self.progress.lock();
+        if index > p.window {
+            p.steps_before += p.step;
+        }
+        p.window = index;
+        p.windows = count.max(1);
+        p.step = 0;
+    }
+
     pub fn set_step(&self, step: usize, total: usize) {
         let mut p = self.progress.lock();
         p.stage = JobStage::Generating;
@@ -190,11 +210,23 @@ impl Job {
         p.total = total;
         if let Some(t0) = p.started_at {
             let s = t0.elapsed().as_secs_f64();
-            if s > 0.0 && step > 0 {
-                p.steps_per_s = step as f64 / s;
-                p.eta_s = Some((total - step) as f64 / p.steps_per_s);
+            let done = p.steps_before + step;
+            if s > 0.0 && done > 0 {
+                p.steps_per_s = done as f64 / s;
+                // Later windows are about as long as this one.
+                let left = (total - step) + (p.windows - p.window) * total;
+                p.eta_s = Some(left as f64 / p.steps_per_s);
             }
         }
+    }
+
+    /// The whole job's share done: windows before, and this one's steps.
+    pub fn fraction(p: &JobProgress) -> f32 {
+        if p.total == 0 {
+            return 0.0;
+        }
+        let window = p.step as f64 / p.total as f64;
+        ((p.window.saturating_sub(1) as f64 + window) / p.windows.max(1) as f64) as f32
     }
 
     pub fn stage(&self) -> JobStage {
@@ -237,13 +269,13 @@ mod tests {
     }
 
     #[test]
-    fn bars_use_the_host_tempo_and_refuse_past_30_s() {
+    fn bars_use_the_host_tempo_and_refuse_past_5_minutes() {
         let p = TakePlan::for_length(Length::Bars(4.0), host(90.0, 4, 4), "a".into()).unwrap();
         assert!((p.seconds - 10.666_666).abs() < 1e-5);
         assert_eq!((p.bars, p.tempo), (Some(4.0), Some(90.0)));
-        let e = TakePlan::for_length(Length::Bars(16.0), host(90.0, 4, 4), "a".into());
+        let e = TakePlan::for_length(Length::Bars(160.0), host(90.0, 4, 4), "a".into());
         let e = e.unwrap_err().to_string();
-        assert!(e.contains("16 bars at 90.0 bpm is 42.67 s"), "{e}");
+        assert!(e.contains("160 bars at 90.0 bpm is 426.67 s"), "{e}");
         let none = TakePlan::for_length(Length::Bars(2.0), HostTime::default(), "a".into());
         assert_eq!(
             none.unwrap().seconds,
@@ -252,6 +284,36 @@ mod tests {
         );
         let zero = TakePlan::for_length(Length::Seconds(0.0), HostTime::default(), "a".into());
         assert!(matches!(zero, Err(PluginError::EmptyLength { .. })));
+    }
+
+    #[test]
+    fn five_minute_takes_are_planned_and_longer_refused() {
+        let p = TakePlan::for_length(Length::Seconds(300.0), HostTime::default(), "a".into());
+        assert_eq!(p.unwrap().seconds, 300.0);
+        // 128 bars at 90 bpm is 341 s.
+        let e = TakePlan::for_length(Length::Bars(128.0), host(90.0, 4, 4), "a".into());
+        assert!(matches!(e, Err(PluginError::TooLong { .. })));
+    }
+
+    #[test]
+    fn progress_spans_the_windows() {
+        let job = Job::new(TakeId::new(), GenerationRequest::default(), {
+            TakePlan::for_length(Length::Seconds(40.0), HostTime::default(), "a".into()).unwrap()
+        });
+        job.set_stage(JobStage::Loading);
+        job.set_window(1, 2);
+        job.set_step(1503, 1503);
+        let p = job.progress();
+        assert_eq!(Job::fraction(&p), 0.5);
+        job.set_window(2, 2);
+        job.set_step(250, 503);
+        let p = job.progress();
+        assert_eq!((p.window, p.windows, p.steps_before), (2, 2, 1503));
+        assert!(
+            (Job::fraction(&p) - 0.7485).abs() < 1e-3,
+            "{}",
+            Job::fraction(&p)
+        );
     }
 
     #[test]

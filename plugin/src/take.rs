@@ -90,11 +90,14 @@ pub struct TakeMeta {
     /// Everything that decided the take (the seed included).
     pub request: GenerationRequest,
     pub engine_version: String,
-    /// Length of the loop in seconds, and in samples at `sample_rate`.
+    /// Length of the loop in seconds, and in samples (per channel) at `sample_rate`.
     pub seconds: f64,
     pub samples: usize,
-    /// The model's rate, at which the WAV is stored.
+    /// The rate the WAV is stored at: the model's for generated takes.
     pub sample_rate: u32,
+    /// 1 (mono) or 2 (stereo: stereo models, stereo imports and captures).
+    #[serde(default = "one_channel")]
+    pub channels: usize,
     /// Host tempo when it was made, if the host gave one.
     pub tempo: Option<f64>,
     /// Length in bars, for bar-length takes.
@@ -117,6 +120,10 @@ impl TakeMeta {
     }
 }
 
+fn one_channel() -> usize {
+    1
+}
+
 /// Where a take's audio stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TakeStatus {
@@ -132,7 +139,8 @@ pub enum TakeStatus {
 pub struct Take {
     pub meta: TakeMeta,
     pub status: TakeStatus,
-    /// PCM at the model rate: the source of every resampling.
+    /// PCM at `meta.sample_rate`, interleaved when stereo: the source of every
+    /// resampling.
     pub pcm: Option<Arc<Vec<f32>>>,
     /// The clip at the host rate the audio thread was last given.
     pub clip: Option<Arc<Clip>>,

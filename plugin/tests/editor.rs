@@ -159,14 +159,14 @@ fn errors_read_in_plain_words_with_what_to_do() {
     instance.activate(48_000);
     instance.update_settings(|s| {
         s.data_folder = Some(data.path().to_path_buf());
-        s.length = Length::Bars(32.0);
+        s.length = Length::Bars(200.0);
     });
     let mut h = harness(&instance, Arc::new(Mutex::new(PlayMode::Midi)));
     h.run();
-    h.get_by_label_contains("over MusicGen's 30 s");
+    h.get_by_label_contains("over the 5-minute limit");
     h.get_by_label("Generate").click();
     h.run();
-    h.get_by_label_contains("Error: 32 bars at 120.0 bpm is 64.00 s");
+    h.get_by_label_contains("Error: 200 bars at 120.0 bpm is 400.00 s");
     h.get_by_label("Choose fewer bars, or a length in seconds.");
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use musicgen::{DeviceChoice, ModelSource, Precision};
 use promptloop::testing::{purge_unused_takes, Instance, JobStage, Length, TakeId, TakeStatus};
-use test_support::{tiny_model, wait_for};
+use test_support::{fixture_model, tiny_model, wait_for};
 
 fn instance(data: &std::path::Path, seconds: f64) -> Arc<Instance> {
     let (i, _audio) = Instance::new();
@@ -60,11 +60,12 @@ fn generation_makes_a_selected_take_with_its_wav() {
 fn overlong_and_bad_requests_are_refused_with_the_reason() {
     let data = tempfile::tempdir().unwrap();
     let i = instance(data.path(), 1.0);
-    // 16 bars at the fallback 120 bpm in 4/4: 32 s.
-    i.update_settings(|s| s.length = Length::Bars(16.0));
+    // 160 bars at the fallback 120 bpm in 4/4: 320 s, over the 5 minutes.
+    i.update_settings(|s| s.length = Length::Bars(160.0));
     let err = i.generate().unwrap_err();
     assert!(
-        err.to_string().contains("16 bars at 120.0 bpm is 32.00 s"),
+        err.to_string()
+            .contains("160 bars at 120.0 bpm is 320.00 s"),
         "{err}"
     );
     assert_eq!(i.session().last_error(), Some(&err));
@@ -142,4 +143,49 @@ fn delete_hides_and_purge_removes_only_unreferenced_takes() {
     assert_eq!(removed.len(), 2, "{removed:?}");
     assert!(keep_file.exists() && notes.exists());
     assert!(!gone_file.exists() && !stray.exists());
+}
+
+#[test]
+fn a_stereo_model_makes_a_stereo_take() {
+    let data = tempfile::tempdir().unwrap();
+    let i = instance(data.path(), 1.0);
+    i.update_settings(|s| {
+        s.model = ModelSource::Local {
+            path: fixture_model("tiny-stereo"),
+        }
+    });
+    let id = i.generate().unwrap();
+    assert_eq!(wait_finished(&i, &id), JobStage::Done);
+    let take = i.session().take(&id).unwrap().clone();
+    assert_eq!((take.meta.channels, take.meta.samples), (2, 32_000));
+    let wav = hound::WavReader::open(&take.meta.file).unwrap();
+    assert_eq!(wav.spec().channels, 2, "the take's WAV is stereo");
+    let clip = wait_for("the clip", Duration::from_secs(10), || {
+        i.session().take(&id).unwrap().clip.clone()
+    });
+    assert_eq!((clip.channels, clip.len()), (2, 48_000));
+    let differ = (0..clip.len()).filter(|&f| {
+        let (l, r) = clip.frame(f);
+        (l - r).abs() > 1e-4
+    });
+    assert!(differ.count() > 1000, "the sides differ");
+}
+
+#[test]
+fn a_take_past_30_s_is_made_in_windows() {
+    let data = tempfile::tempdir().unwrap();
+    let i = instance(data.path(), 35.0);
+    let id = i.generate().unwrap();
+    let mut saw_second_window = false;
+    let stage = wait_for("the job to finish", Duration::from_secs(300), || {
+        let job = i.jobs().into_iter().find(|j| j.take_id == id).unwrap();
+        let p = job.progress();
+        saw_second_window |= p.window == 2 && p.windows == 2;
+        Some(p.stage).filter(JobStage::finished)
+    });
+    assert_eq!(stage, JobStage::Done);
+    assert!(saw_second_window, "progress names the window");
+    let take = i.session().take(&id).unwrap().clone();
+    assert_eq!(take.meta.samples, 35 * 32_000);
+    assert_eq!(take.meta.request.frames, 1751, "35 s and the seam's 10 ms");
 }

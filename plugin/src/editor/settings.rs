@@ -150,7 +150,7 @@ fn draw_length(ui: &mut Ui, model: &EditorModel, s: &mut Settings) {
         }
         match &mut s.length {
             Length::Bars(b) => {
-                ui.add(egui::DragValue::new(b).range(0.25..=64.0).speed(0.25))
+                ui.add(egui::DragValue::new(b).range(0.25..=256.0).speed(0.25))
                     .labelled_by(length_label.id);
                 let t = tempo.unwrap_or(FALLBACK_TEMPO);
                 let secs = bars_to_seconds(*b, t, num, den);
@@ -161,7 +161,9 @@ fn draw_length(ui: &mut Ui, model: &EditorModel, s: &mut Settings) {
                 };
                 ui.label(format!("= {secs:.2} s {host}"));
                 if secs > MAX_SECONDS {
-                    ui.colored_label(Color32::LIGHT_RED, "over MusicGen's 30 s");
+                    ui.colored_label(Color32::LIGHT_RED, "over the 5-minute limit");
+                } else if secs > 30.0 {
+                    ui.label("(past 30 s: made in 30 s windows)");
                 }
             }
             Length::Seconds(x) => {

@@ -210,10 +210,15 @@ fn job_text(job: &Job) -> (f32, String) {
                 .eta_s
                 .map(|s| format!(", {s:.0} s left"))
                 .unwrap_or_default();
+            let window = if p.windows > 1 {
+                format!(", window {} of {}", p.window, p.windows)
+            } else {
+                String::new()
+            };
             (
-                fraction(p.step as f64, p.total as f64),
+                Job::fraction(&p),
                 format!(
-                    "Generating: step {} of {}, {:.1} steps/s{eta}",
+                    "Generating{window}: step {} of {}, {:.1} steps/s{eta}",
                     p.step, p.total, p.steps_per_s
                 ),
             )

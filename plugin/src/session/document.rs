@@ -187,6 +187,7 @@ mod tests {
             seconds: 2.0,
             samples: 64_000,
             sample_rate: 32_000,
+            channels: 1,
             tempo: Some(120.0),
             bars: Some(1.0),
             time_signature: Some((4, 4)),

@@ -21,17 +21,19 @@ pub fn takes_folder(configured: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Writes a take's WAV (32-bit float at the model's rate), creating its folder.
-pub fn write_take(file: &Path, pcm: &[f32], sample_rate: u32) -> Result<()> {
+/// Writes a take's WAV (32-bit float, `channels` interleaved), creating its
+/// folder.
+pub fn write_take(file: &Path, pcm: &[f32], channels: usize, sample_rate: u32) -> Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| PluginError::file("create the takes folder", dir, e))?;
     }
-    musicgen::wav::write_wav(file, pcm, sample_rate)
+    musicgen::wav::write_wav_interleaved(file, pcm, channels as u16, sample_rate)
         .map_err(|e| PluginError::file("save the take", file, e))
 }
 
-/// Reads a take's WAV and checks it is the audio the metadata describes.
+/// Reads a take's WAV (interleaved when stereo) and checks it is the audio the
+/// metadata describes.
 pub fn read_take(meta: &TakeMeta) -> Result<Vec<f32>> {
     let bad = |reason: String| PluginError::BadTakeFile {
         path: meta.file.clone(),
@@ -40,18 +42,28 @@ pub fn read_take(meta: &TakeMeta) -> Result<Vec<f32>> {
     if !meta.file.exists() {
         return Err(bad("the file is missing".into()));
     }
-    let (pcm, rate) = musicgen::wav::read_wav(&meta.file).map_err(|e| bad(e.to_string()))?;
+    let planar =
+        musicgen::wav::read_wav_channels(&meta.file, "take").map_err(|e| bad(e.to_string()))?;
+    let rate = planar.sample_rate;
+    if planar.channels.len() != meta.channels {
+        return Err(bad(format!(
+            "it has {} channel(s), the take has {}",
+            planar.channels.len(),
+            meta.channels
+        )));
+    }
+    if planar.len() != meta.samples {
+        return Err(bad(format!(
+            "it holds {} samples, the take has {}",
+            planar.len(),
+            meta.samples
+        )));
+    }
+    let pcm = crate::clip::interleave(&planar.channels);
     if rate != meta.sample_rate {
         return Err(bad(format!(
             "it is at {rate} Hz, the take was made at {} Hz",
             meta.sample_rate
-        )));
-    }
-    if pcm.len() != meta.samples {
-        return Err(bad(format!(
-            "it holds {} samples, the take has {}",
-            pcm.len(),
-            meta.samples
         )));
     }
     if pcm.iter().any(|s| !s.is_finite()) {

@@ -31,8 +31,9 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct FinishedTake {
     /// The request as run (with its frame count).
     pub request: GenerationRequest,
-    /// The loop, exactly the planned length.
+    /// The loop, exactly the planned length, interleaved when stereo.
     pub pcm: Vec<f32>,
+    pub channels: usize,
     pub sample_rate: u32,
 }
 
@@ -75,17 +76,24 @@ pub fn run(rx: Receiver<IoMsg>) {
     }
 }
 
-/// Resamples a take's model-rate loop for the host, as a loop.
+/// Resamples a take's loop for the host, as a loop, each channel on its own.
 fn resample(meta: &TakeMeta, pcm: &[f32], host_rate: u32) -> Result<Arc<Clip>> {
-    let samples = musicgen::wav::resample_loop(pcm, meta.sample_rate, host_rate).map_err(|e| {
-        PluginError::Resample {
-            rate: host_rate,
-            reason: e.to_string(),
-        }
-    })?;
+    let channels = meta.channels.max(1);
+    let sides = (0..channels)
+        .map(|c| {
+            let side = crate::clip::channel(pcm, channels, c);
+            musicgen::wav::resample_loop(&side, meta.sample_rate, host_rate).map_err(|e| {
+                PluginError::Resample {
+                    rate: host_rate,
+                    reason: e.to_string(),
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Clip::new(
         meta.id.key(),
-        samples,
+        crate::clip::interleave(&sides),
+        channels,
         host_rate,
         meta.beats(),
         meta.tempo,
@@ -102,18 +110,21 @@ fn save_take(owner: &Owner, job: &Arc<Job>, finished: FinishedTake) {
     let FinishedTake {
         request,
         pcm,
+        channels,
         sample_rate,
     } = finished;
-    if let Err(e) = files::write_take(&plan.file, &pcm, sample_rate) {
+    if let Err(e) = files::write_take(&plan.file, &pcm, channels, sample_rate) {
         return job_failed(owner, job, e);
     }
+    let frames = pcm.len() / channels.max(1);
     let meta = TakeMeta {
         id: job.take_id.clone(),
         request,
         engine_version: musicgen::ENGINE_VERSION.to_string(),
-        seconds: pcm.len() as f64 / sample_rate as f64,
-        samples: pcm.len(),
+        seconds: frames as f64 / sample_rate as f64,
+        samples: frames,
         sample_rate,
+        channels,
         tempo: plan.tempo,
         bars: plan.bars,
         time_signature: plan.time_signature,
