@@ -100,7 +100,7 @@ fn loads_without_work_and_lists_its_parameters() {
     assert_eq!(names, ["Gain", "Play mode"], "{params:?}");
     // No take, no model: an empty document with the default settings.
     let doc = p.document();
-    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["version"], 2);
     assert_eq!(doc["takes"], json!([]));
     assert_eq!(doc["settings"]["length"], json!({"bars": 4.0}));
 }

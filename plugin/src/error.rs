@@ -33,6 +33,22 @@ pub enum PluginError {
     #[error("the take is still loading")]
     TakeNotReady,
 
+    /// A take made from another one whose audio is not there.
+    #[error("take {0}, which this take is made from, has no audio (deleted and purged, or its file is missing)")]
+    SourceGone(TakeId),
+
+    /// A take that was not generated cannot be generated again.
+    #[error("this take was {0}, not generated: there is nothing to generate again")]
+    NotGenerated(&'static str),
+
+    /// A melody asked of a model that takes none.
+    #[error("{model} takes no melody: pick a melody model (MusicGen melody or stereo melody), or clear the melody")]
+    MelodyUnsupported { model: String },
+
+    /// An audio file that cannot become a take.
+    #[error("cannot import {}: {reason}", path.display())]
+    Import { path: PathBuf, reason: String },
+
     /// The engine failed: loading, generating or decoding.
     #[error("{0}")]
     Engine(Arc<musicgen::Error>),

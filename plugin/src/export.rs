@@ -223,6 +223,8 @@ mod tests {
             created: 0,
             file: PathBuf::new(),
             hidden: false,
+            source: Default::default(),
+            melody: None,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::clip::{make_loop_interleaved, LOOP_CROSSFADE_S};
 use crate::error::{PluginError, Result};
 use crate::request::{Job, JobStage};
 use crate::store::{FinishedTake, IoMsg};
+use crate::take::TakeSource;
 use crate::workers::{Owner, COUNTERS};
 
 pub const THREAD_NAME: &str = "promptloop-inference";
@@ -185,12 +186,19 @@ pub(crate) fn job_failed(owner: &Owner, job: &Job, error: PluginError) {
 
 /// Generates the job's take: a seamless loop of the planned length at the
 /// model's rate. A little more than the loop is generated, to crossfade the
-/// seam with what followed it.
+/// seam with what followed it. A continuation is cut to the planned length
+/// with no crossfade: its first sample follows the original's last.
 fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     let model = cache.model_for(job)?;
     let rate = model.sample_rate();
+    let hop = model.hop_length();
     let loop_len = (job.plan.seconds * rate as f64).round() as usize;
-    let fade = (LOOP_CROSSFADE_S * rate as f64).round() as usize;
+    let continuation = matches!(job.plan.source, TakeSource::Continuation { .. });
+    let fade = if continuation {
+        0
+    } else {
+        (LOOP_CROSSFADE_S * rate as f64).round() as usize
+    };
     // Past one window (30 s) the engine goes on in windows, up to 5 minutes.
     let frames = (loop_len + fade)
         .div_ceil(model.hop_length())
@@ -200,7 +208,9 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     let generation = model.generate(
         &request,
         &mut |p| match p {
-            Progress::EncodingText => job.set_stage(JobStage::EncodingText),
+            Progress::EncodingText | Progress::EncodingAudio | Progress::EncodingMelody => {
+                job.set_stage(JobStage::EncodingText)
+            }
             Progress::Window { index, count } => job.set_window(index, count),
             Progress::Step { step, total } => job.set_step(step, total),
             Progress::DecodingAudio => job.set_stage(JobStage::DecodingAudio),
@@ -211,11 +221,24 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     cache.last_used = Some(Instant::now());
     let generation = generation?;
     let channels = generation.channels;
+    let pcm = if continuation {
+        let new = generation.continuation();
+        new[..(loop_len * channels).min(new.len())].to_vec()
+    } else {
+        // A stereo model's take stays stereo, each side looped alike.
+        make_loop_interleaved(&generation.audio, channels, loop_len, fade)
+    };
+    let prompt_seconds =
+        continuation.then(|| (generation.prompt_frames * hop) as f64 / rate as f64);
+    // The request as run, without the audio it was given (the take stores
+    // where that came from).
+    request.audio_prompt = None;
+    request.melody = None;
     Ok(FinishedTake {
         request,
-        // A stereo model's take stays stereo, each side looped alike.
-        pcm: make_loop_interleaved(&generation.audio, channels, loop_len, fade),
+        pcm,
         channels,
         sample_rate: generation.sample_rate,
+        prompt_seconds,
     })
 }

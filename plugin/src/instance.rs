@@ -8,19 +8,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
-use musicgen::GenerationRequest;
+use musicgen::request::Pcm;
+use musicgen::{GenerationRequest, Melody};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde_json::Value;
 
 use crate::error::{PluginError, Result};
 use crate::handoff::{handoff, AudioCommand, ControlEnd, PlayerEnd, QUEUE_CAPACITY};
 use crate::host::HostInfo;
+use crate::models::capabilities;
 use crate::player::Playhead;
-use crate::request::{request_for, Job, TakePlan};
+use crate::request::{request_for, HostTime, Job, TakePlan};
 use crate::session::{Session, Settings};
 use crate::store::files::{purge_unreferenced, takes_folder};
 use crate::store::IoMsg;
-use crate::take::TakeId;
+use crate::take::{MelodySource, TakeId, TakeSource, TakeStatus};
 use crate::workers::{Owner, TakeOwner, WorkerThreads};
 
 /// Finished jobs kept for the editor (the running and queued ones always are).
@@ -150,15 +152,150 @@ impl Instance {
         let settings = self.session.read().settings().clone();
         let id = TakeId::new();
         let file = takes_folder(settings.data_folder.as_deref()).join(format!("{id}.wav"));
-        let plan = TakePlan::for_length(settings.length, self.host.time(), file)?;
-        let request = request_for(&settings)?;
+        let mut plan = TakePlan::for_length(settings.length, self.host.time(), file)?;
+        let mut request = request_for(&settings)?;
+        self.add_melody(&mut request, &mut plan, settings.melody.as_ref())?;
         self.session.write().remember_prompt(&settings.prompt);
         Ok(self.queue(&workers, id, request, plan))
+    }
+
+    /// Makes a take that carries on from the end of take `of`, for the length
+    /// in the settings (bars at `of`'s own tempo and metre, so it sits on its
+    /// grid), with the settings' prompt, model and sampling. It holds only the
+    /// new part, cut to that length: place it right after `of`.
+    pub fn continue_take(self: &Arc<Self>, of: &TakeId) -> Result<TakeId> {
+        let result = self.queue_continuation(of);
+        self.session
+            .write()
+            .set_error(result.as_ref().err().cloned());
+        result
+    }
+
+    fn queue_continuation(self: &Arc<Self>, of: &TakeId) -> Result<TakeId> {
+        let workers = self.workers().ok_or(PluginError::NotActive)?;
+        let settings = self.session.read().settings().clone();
+        let (tempo, time_signature) = {
+            let s = self.session.read();
+            let t = s
+                .take(of)
+                .ok_or_else(|| PluginError::NoSuchTake(of.clone()))?;
+            (t.meta.tempo, t.meta.time_signature)
+        };
+        let audio = self.take_audio(of)?;
+        let host = self.host.time();
+        let time = HostTime {
+            tempo: tempo.or(host.tempo),
+            time_signature: time_signature.or(host.time_signature),
+        };
+        let id = TakeId::new();
+        let file = takes_folder(settings.data_folder.as_deref()).join(format!("{id}.wav"));
+        let mut plan = TakePlan::for_length(settings.length, time, file)?;
+        let mut request = request_for(&settings)?;
+        self.add_melody(&mut request, &mut plan, settings.melody.as_ref())?;
+        plan.source = TakeSource::Continuation {
+            of: of.clone(),
+            // The engine keeps at most a window minus the stride (12 s);
+            // the finished take records exactly what it kept.
+            prompt_seconds: audio.duration_s(),
+        };
+        request.audio_prompt = Some(audio);
+        self.session.write().remember_prompt(&settings.prompt);
+        Ok(self.queue(&workers, id, request, plan))
+    }
+
+    /// A take's audio, planar at its own rate: an audio prompt or a melody.
+    fn take_audio(&self, id: &TakeId) -> Result<Pcm> {
+        let s = self.session.read();
+        let t = s
+            .take(id)
+            .ok_or_else(|| PluginError::SourceGone(id.clone()))?;
+        let pcm = match (&t.pcm, &t.status) {
+            (Some(pcm), _) => pcm.clone(),
+            (None, TakeStatus::Loading) => return Err(PluginError::TakeNotReady),
+            (None, _) => return Err(PluginError::SourceGone(id.clone())),
+        };
+        let channels = t.meta.channels.max(1);
+        Ok(Pcm {
+            channels: (0..channels)
+                .map(|c| crate::clip::channel(&pcm, channels, c))
+                .collect(),
+            sample_rate: t.meta.sample_rate,
+        })
+    }
+
+    /// Puts a melody into a request (refused for a model known to take none).
+    fn add_melody(
+        &self,
+        request: &mut GenerationRequest,
+        plan: &mut TakePlan,
+        melody: Option<&MelodySource>,
+    ) -> Result<()> {
+        let Some(melody) = melody else {
+            return Ok(());
+        };
+        if capabilities(&request.model).is_some_and(|c| !c.melody) {
+            return Err(PluginError::MelodyUnsupported {
+                model: request.model.to_string(),
+            });
+        }
+        request.melody = Some(match melody {
+            MelodySource::Take { of } => Melody::Audio(self.take_audio(of)?),
+            MelodySource::Notes { notes, seconds } => Melody::Notes {
+                notes: notes
+                    .iter()
+                    .map(|n| musicgen::chroma::Note {
+                        start_s: n.start_s,
+                        end_s: n.end_s,
+                        pitch: n.pitch,
+                    })
+                    .collect(),
+                duration_s: *seconds,
+            },
+        });
+        plan.melody = Some(melody.clone());
+        Ok(())
+    }
+
+    /// Makes a take of an audio file (WAV, FLAC, MP3, Ogg Vorbis), read and
+    /// stored on the I/O worker; a file that cannot be read is an error in the
+    /// editor and no take.
+    pub fn import(self: &Arc<Self>, path: &Path) -> Result<TakeId> {
+        let result = (|| {
+            let workers = self.workers().ok_or(PluginError::NotActive)?;
+            if !path.is_file() {
+                return Err(PluginError::Import {
+                    path: path.to_path_buf(),
+                    reason: "there is no such file".into(),
+                });
+            }
+            let id = TakeId::new();
+            let file = self.takes_folder().join(format!("{id}.wav"));
+            workers.send_io(IoMsg::Import {
+                owner: self.owner(),
+                id: id.clone(),
+                from: path.to_path_buf(),
+                file,
+                tempo: self.host.time(),
+            });
+            Ok(id)
+        })();
+        self.session
+            .write()
+            .set_error(result.as_ref().err().cloned());
+        result
     }
 
     /// Queues the same request as an earlier take (same seed, length and
     /// tempo): the editor's "regenerate".
     pub fn regenerate(self: &Arc<Self>, take: &TakeId) -> Result<TakeId> {
+        let result = self.queue_again(take);
+        self.session
+            .write()
+            .set_error(result.as_ref().err().cloned());
+        result
+    }
+
+    fn queue_again(self: &Arc<Self>, take: &TakeId) -> Result<TakeId> {
         let workers = self.workers().ok_or(PluginError::NotActive)?;
         let session = self.session.read();
         let meta = session
@@ -169,14 +306,27 @@ impl Instance {
         let folder = takes_folder(session.settings().data_folder.as_deref());
         drop(session);
         let id = TakeId::new();
-        let plan = TakePlan {
+        let mut plan = TakePlan {
             seconds: meta.seconds,
             tempo: meta.tempo,
             bars: meta.bars,
             time_signature: meta.time_signature,
             file: folder.join(format!("{id}.wav")),
+            source: meta.source.clone(),
+            melody: None,
         };
-        Ok(self.queue(&workers, id, meta.request, plan))
+        let mut request = meta.request;
+        // The audio it was made from is not in the request: take it again.
+        match &meta.source {
+            TakeSource::Text => {}
+            TakeSource::Continuation { of, .. } => {
+                request.audio_prompt = Some(self.take_audio(of)?);
+            }
+            TakeSource::Captured => return Err(PluginError::NotGenerated("captured")),
+            TakeSource::Imported { .. } => return Err(PluginError::NotGenerated("imported")),
+        }
+        self.add_melody(&mut request, &mut plan, meta.melody.as_ref())?;
+        Ok(self.queue(&workers, id, request, plan))
     }
 
     fn queue(
@@ -281,13 +431,10 @@ impl Instance {
         self.workers.lock().take()
     }
 
-    /// The files this instance's visible takes use.
+    /// The files this instance's visible takes use, and the takes they were
+    /// made from.
     fn referenced_files(&self) -> Vec<PathBuf> {
-        self.session
-            .read()
-            .visible_takes()
-            .map(|t| t.meta.file.clone())
-            .collect()
+        self.session.read().kept_files()
     }
 }
 

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::clip::bars_to_seconds;
 use crate::error::{PluginError, Result};
 use crate::session::{Length, Settings};
-use crate::take::{random_seed, TakeId};
+use crate::take::{random_seed, MelodySource, TakeId, TakeSource};
 
 /// Longest prompt accepted, in characters (the engine also limits tokens).
 pub const MAX_PROMPT_CHARS: usize = 2000;
@@ -37,6 +37,10 @@ pub struct TakePlan {
     pub time_signature: Option<(u32, u32)>,
     /// The take's WAV at the model rate.
     pub file: PathBuf,
+    /// What the take is made from: the settings alone, or the end of a take.
+    pub source: TakeSource,
+    /// The melody it follows (melody models).
+    pub melody: Option<MelodySource>,
 }
 
 impl TakePlan {
@@ -51,6 +55,8 @@ impl TakePlan {
                 bars: None,
                 time_signature: host.time_signature,
                 file,
+                source: TakeSource::Text,
+                melody: None,
             },
             Length::Bars(bars) => {
                 let tempo = host.tempo.unwrap_or(FALLBACK_TEMPO);
@@ -61,6 +67,8 @@ impl TakePlan {
                     bars: Some(bars),
                     time_signature: Some((n, d)),
                     file,
+                    source: TakeSource::Text,
+                    melody: None,
                 }
             }
         };

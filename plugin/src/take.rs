@@ -83,6 +83,58 @@ impl PartialEq<&str> for TakeId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TakeKey(pub u64);
 
+/// Where a take's audio came from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TakeSource {
+    /// Generated from the settings (text, and a melody if `melody` says so).
+    #[default]
+    Text,
+    /// Generated to carry on from the end of take `of`, whose last
+    /// `prompt_seconds` were the audio prompt; holds only the new part.
+    Continuation { of: TakeId, prompt_seconds: f64 },
+    /// Recorded from the plugin's audio input.
+    Captured,
+    /// Read from a file; `path` is where it was.
+    Imported { path: PathBuf },
+}
+
+impl TakeSource {
+    /// The take this one was made from, if any.
+    pub fn depends_on(&self) -> Option<&TakeId> {
+        match self {
+            TakeSource::Continuation { of, .. } => Some(of),
+            _ => None,
+        }
+    }
+
+    /// Whether the take was generated (and so can be generated again).
+    pub fn generated(&self) -> bool {
+        matches!(self, TakeSource::Text | TakeSource::Continuation { .. })
+    }
+}
+
+/// A note of a MIDI melody, as a take stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NoteRecord {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub pitch: u8,
+}
+
+/// What a melody model's take followed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MelodySource {
+    /// Another take's audio.
+    Take { of: TakeId },
+    /// Notes lasting `seconds` (a MIDI melody), no audio at all.
+    Notes {
+        notes: Vec<NoteRecord>,
+        seconds: f64,
+    },
+}
+
 /// A take's metadata, saved with the project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TakeMeta {
@@ -110,9 +162,24 @@ pub struct TakeMeta {
     /// Deleted by the user: hidden, its file kept until a purge.
     #[serde(default)]
     pub hidden: bool,
+    /// Where the audio came from (state version 2; version 1 takes are text).
+    #[serde(default)]
+    pub source: TakeSource,
+    /// The melody it followed, for melody models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub melody: Option<MelodySource>,
 }
 
 impl TakeMeta {
+    /// The takes this one was made from (what it continues, its melody).
+    pub fn depends_on(&self) -> impl Iterator<Item = &TakeId> {
+        let melody = match &self.melody {
+            Some(MelodySource::Take { of }) => Some(of),
+            _ => None,
+        };
+        self.source.depends_on().into_iter().chain(melody)
+    }
+
     /// Length in quarter-note beats at its own tempo (bar takes only).
     pub fn beats(&self) -> Option<f64> {
         let (n, d) = self.time_signature?;

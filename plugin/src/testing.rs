@@ -15,7 +15,7 @@ pub use crate::instance::{purge_unused_takes, Instance};
 pub use crate::player::PlayMode;
 pub use crate::request::{Job, JobStage};
 pub use crate::session::{Length, Session, Settings};
-pub use crate::take::{Take, TakeId, TakeMeta, TakeStatus};
+pub use crate::take::{MelodySource, NoteRecord, Take, TakeId, TakeMeta, TakeSource, TakeStatus};
 
 /// Diagnostics for the host tests: fills `out` with up to `len` process-wide
 /// counters, in this order: model loads, models resident, jobs done, jobs

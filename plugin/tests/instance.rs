@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use musicgen::{DeviceChoice, ModelSource, Precision};
-use promptloop::testing::{purge_unused_takes, Instance, JobStage, Length, TakeId, TakeStatus};
+use promptloop::testing::{
+    purge_unused_takes, Instance, JobStage, Length, MelodySource, TakeId, TakeSource, TakeStatus,
+};
 use test_support::{fixture_model, tiny_model, wait_for};
 
 fn instance(data: &std::path::Path, seconds: f64) -> Arc<Instance> {
@@ -188,4 +190,171 @@ fn a_take_past_30_s_is_made_in_windows() {
     let take = i.session().take(&id).unwrap().clone();
     assert_eq!(take.meta.samples, 35 * 32_000);
     assert_eq!(take.meta.request.frames, 1751, "35 s and the seam's 10 ms");
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn wait_take(i: &Instance, id: &TakeId) -> promptloop::testing::Take {
+    wait_for("the take", Duration::from_secs(60), || {
+        i.session().take(id).filter(|t| t.clip.is_some()).cloned()
+    })
+}
+
+#[test]
+fn flac_and_24_bit_wav_files_become_takes_and_a_broken_file_none() {
+    let data = tempfile::tempdir().unwrap();
+    let i = instance(data.path(), 1.0);
+    let flac = i.import(&fixture("stereo-220-330hz.flac")).unwrap();
+    let t = wait_take(&i, &flac);
+    assert_eq!(
+        (t.meta.channels, t.meta.sample_rate, t.meta.samples),
+        (2, 44_100, 33_075)
+    );
+    assert!(matches!(t.meta.source, TakeSource::Imported { .. }));
+    assert!(t.meta.file.exists() && t.meta.file.starts_with(data.path()));
+    let clip = t.clip.unwrap();
+    assert_eq!((clip.channels, clip.sample_rate), (2, 48_000));
+    assert_eq!(clip.len(), 36_000, "0.75 s at the host's rate");
+    // The two sides keep their own tones: 220 Hz left, 330 Hz right.
+    let pcm = t.pcm.unwrap();
+    let crossings = |side: usize| {
+        pcm.chunks(2)
+            .map(|f| f[side])
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+            .count()
+    };
+    assert_eq!(
+        (crossings(0), crossings(1)),
+        (164, 247),
+        "one rise per period"
+    );
+
+    let wav = i.import(&fixture("mono-440hz-24bit.wav")).unwrap();
+    let t = wait_take(&i, &wav);
+    assert_eq!(
+        (t.meta.channels, t.meta.sample_rate, t.meta.samples),
+        (1, 48_000, 24_000)
+    );
+    let peak = t.pcm.unwrap().iter().fold(0f32, |m, s| m.max(s.abs()));
+    assert!((peak - 0.5).abs() < 1e-3, "24-bit samples scaled: {peak}");
+    assert_eq!(i.session().selected(), Some(&wav), "an import is selected");
+
+    // A broken file: an error in words, and no take.
+    let broken = data.path().join("broken.flac");
+    std::fs::write(&broken, b"fLaC but not really a flac file").unwrap();
+    let before = i.session().takes().len();
+    let id = i.import(&broken).unwrap();
+    let err = wait_for("the import error", Duration::from_secs(10), || {
+        i.session().last_error().cloned()
+    });
+    assert!(err.to_string().contains("broken.flac"), "{err}");
+    assert!(i.session().take(&id).is_none());
+    assert_eq!(i.session().takes().len(), before);
+    let missing = i.import(&data.path().join("nope.wav")).unwrap_err();
+    assert!(missing.to_string().contains("no such file"), "{missing}");
+    // Imported takes are recordings: nothing to generate again.
+    let again = i.regenerate(&wav).unwrap_err();
+    assert!(again.to_string().contains("imported"), "{again}");
+}
+
+#[test]
+fn continue_makes_the_engines_continuation_exactly_and_keeps_its_source() {
+    let data = tempfile::tempdir().unwrap();
+    let i = instance(data.path(), 1.0);
+    // Top-k 1: the most likely code every step, as the CLI's --greedy.
+    i.update_settings(|s| s.top_k = 1);
+    let a = i.generate().unwrap();
+    assert_eq!(wait_finished(&i, &a), JobStage::Done);
+    i.update_settings(|s| s.length = Length::Seconds(0.5));
+    let b = i.continue_take(&a).unwrap();
+    // Deleting the original while it is continued changes nothing.
+    i.delete(&a);
+    assert_eq!(wait_finished(&i, &b), JobStage::Done);
+    let take_b = i.session().take(&b).unwrap().clone();
+    assert_eq!(take_b.meta.samples, 16_000, "exactly the length asked");
+    match &take_b.meta.source {
+        TakeSource::Continuation { of, prompt_seconds } => {
+            assert_eq!(of, &a);
+            assert_eq!(*prompt_seconds, 1.0, "the whole 1 s take was the prompt");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The engine on the same audio, as `musicgen generate --audio-prompt A.wav
+    // --continuation-only` runs it.
+    let file_a = i.session().take(&a).unwrap().meta.file.clone();
+    let prompt = musicgen::wav::read_wav_channels(&file_a, "audio prompt").unwrap();
+    let mut engine = musicgen::MusicGen::from_source(
+        &ModelSource::Local { path: tiny_model() },
+        &Default::default(),
+        DeviceChoice::Cpu,
+        Precision::F32,
+        musicgen::compute_pool(1).unwrap(),
+        &mut |_| {},
+        &Default::default(),
+    )
+    .unwrap();
+    let request = musicgen::GenerationRequest {
+        audio_prompt: Some(prompt),
+        ..take_b.meta.request.clone()
+    };
+    let g = engine
+        .generate(&request, &mut |_| {}, &Default::default())
+        .unwrap();
+    assert_eq!(
+        &g.continuation()[..16_000],
+        &take_b.pcm.as_ref().unwrap()[..]
+    );
+
+    // Purging keeps what a visible take was made from, deleted or not.
+    let removed = purge_unused_takes(data.path()).unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert!(file_a.exists());
+    // Regenerating the continuation gives the same audio again.
+    let again = i.regenerate(&b).unwrap();
+    assert_eq!(wait_finished(&i, &again), JobStage::Done);
+    assert_eq!(
+        i.session().take(&again).unwrap().pcm,
+        take_b.pcm,
+        "same prompt audio, seed and settings"
+    );
+}
+
+#[test]
+fn a_take_can_be_the_melody_of_a_melody_models_take() {
+    let data = tempfile::tempdir().unwrap();
+    let i = instance(data.path(), 1.0);
+    let a = i.generate().unwrap();
+    assert_eq!(wait_finished(&i, &a), JobStage::Done);
+    i.update_settings(|s| s.melody = Some(MelodySource::Take { of: a.clone() }));
+    // tiny-a takes no melody: refused before anything is queued.
+    let err = i.generate().unwrap_err();
+    assert!(err.to_string().contains("takes no melody"), "{err}");
+    i.update_settings(|s| {
+        s.model = ModelSource::Local {
+            path: fixture_model("tiny-melody"),
+        }
+    });
+    let b = i.generate().unwrap();
+    assert_eq!(wait_finished(&i, &b), JobStage::Done);
+    let take_b = i.session().take(&b).unwrap().clone();
+    assert_eq!(
+        take_b.meta.melody,
+        Some(MelodySource::Take { of: a.clone() })
+    );
+    assert_eq!(take_b.meta.samples, 32_000);
+    // Without the melody the same seed makes another take.
+    i.update_settings(|s| s.melody = None);
+    let c = i.generate().unwrap();
+    assert_eq!(wait_finished(&i, &c), JobStage::Done);
+    assert_ne!(i.session().take(&c).unwrap().pcm, take_b.pcm);
+    // Regenerate takes the melody again.
+    let again = i.regenerate(&b).unwrap();
+    assert_eq!(wait_finished(&i, &again), JobStage::Done);
+    assert_eq!(i.session().take(&again).unwrap().pcm, take_b.pcm);
 }

@@ -10,9 +10,10 @@ use musicgen::{DeviceChoice, ModelSource, Precision};
 
 use super::view::EditorModel;
 use crate::clip::bars_to_seconds;
-use crate::models::{hub_model, hub_model_on_disk, HUB_MODELS};
+use crate::models::{capabilities, hub_model, hub_model_on_disk, HUB_MODELS};
 use crate::request::{FALLBACK_TEMPO, MAX_SECONDS};
 use crate::session::{Length, Settings};
+use crate::take::MelodySource;
 
 pub(super) fn draw_prompt(ui: &mut Ui, model: &mut EditorModel, s: &mut Settings) {
     let label = ui.label(RichText::new("Prompt").strong());
@@ -48,10 +49,17 @@ pub(super) fn draw_model(ui: &mut Ui, model: &mut EditorModel, s: &mut Settings)
         };
         egui::ComboBox::from_id_salt("model")
             .selected_text(selected)
+            // Every model and "Local folder" in view, without scrolling.
+            .height(480.0)
             .show_ui(ui, |ui| {
                 for m in HUB_MODELS {
                     let is = matches!(&current, ModelSource::Hub { id, .. } if id == m.id);
-                    let text = format!("MusicGen {} (hub)", m.name);
+                    let text = format!(
+                        "MusicGen {} (hub, {:.1} GB: {})",
+                        m.name,
+                        m.download_gb,
+                        m.can.describe()
+                    );
                     if ui.selectable_label(is, text).clicked() {
                         s.model = ModelSource::Hub {
                             id: m.id.to_string(),
@@ -73,6 +81,7 @@ pub(super) fn draw_model(ui: &mut Ui, model: &mut EditorModel, s: &mut Settings)
         ModelSource::Hub { id, .. } => draw_hub_status(ui, model, id),
         ModelSource::Local { .. } => draw_local_folder(ui, model, s),
     }
+    draw_melody(ui, model, s);
     ui.label(
         RichText::new(
             "Meta's MusicGen weights are licensed CC-BY-NC 4.0: non-commercial use only.",
@@ -80,6 +89,43 @@ pub(super) fn draw_model(ui: &mut Ui, model: &mut EditorModel, s: &mut Settings)
         .small()
         .italics(),
     );
+}
+
+/// The melody the next takes follow: which, and a way to clear it; disabled,
+/// with the reason, when the model takes none.
+fn draw_melody(ui: &mut Ui, model: &EditorModel, s: &mut Settings) {
+    let can = capabilities(&s.model);
+    if let Some(c) = can {
+        ui.label(format!("This model: {}", c.describe()));
+    }
+    let takes_melody = can.is_none_or(|c| c.melody);
+    ui.horizontal(|ui| {
+        let label = ui.label("Melody");
+        let text = match &s.melody {
+            None => "none (Use as melody on a take sets one)".to_string(),
+            Some(MelodySource::Take { of }) => {
+                let session = model.instance.session();
+                match session.take(of) {
+                    Some(t) => format!("the take \"{}\"", t.meta.request.prompt),
+                    None => format!("take {of} (not in this project)"),
+                }
+            }
+            Some(MelodySource::Notes { notes, seconds }) => {
+                format!("{} MIDI notes over {seconds:.1} s", notes.len())
+            }
+        };
+        ui.add_enabled(takes_melody, egui::Label::new(text))
+            .labelled_by(label.id);
+        if s.melody.is_some() && ui.button("Clear melody").clicked() {
+            s.melody = None;
+        }
+    });
+    if !takes_melody {
+        ui.label(
+            RichText::new("This model takes no melody: pick MusicGen melody or stereo melody.")
+                .small(),
+        );
+    }
 }
 
 /// Whether the picked hub model is downloaded; the cache is read at most

@@ -4,8 +4,55 @@
 use egui::{Color32, RichText, Sense, Stroke, Ui, Vec2};
 
 use super::view::{EditorAction, EditorModel};
+use crate::models::capabilities;
 use crate::player::PlayMode;
-use crate::take::{Take, TakeKey, TakeStatus};
+use crate::take::{MelodySource, Take, TakeKey, TakeSource, TakeStatus};
+
+/// A path field and a button that make a take of an audio file.
+pub(super) fn draw_import(ui: &mut Ui, model: &mut EditorModel) {
+    ui.horizontal(|ui| {
+        let label = ui.label("Import a file");
+        let edit = egui::TextEdit::singleline(&mut model.import_path)
+            .hint_text("/path/to/loop.wav, .flac, .mp3 or .ogg")
+            .desired_width(ui.available_width() - 80.0);
+        ui.add(edit).labelled_by(label.id);
+        let path = model.import_path.trim().to_string();
+        if ui
+            .add_enabled(!path.is_empty(), egui::Button::new("Import"))
+            .clicked()
+        {
+            model.act(EditorAction::Import(path.into()));
+        }
+    });
+}
+
+/// Where a take came from, in a few words ("" for a plain text take).
+fn origin(take: &Take, short: impl Fn(&crate::take::TakeId) -> String) -> String {
+    let mut parts = Vec::new();
+    match &take.meta.source {
+        TakeSource::Text => {}
+        TakeSource::Continuation { of, prompt_seconds } => parts.push(format!(
+            "continues {} (from its last {prompt_seconds:.1} s)",
+            short(of)
+        )),
+        TakeSource::Captured => parts.push("captured from the input".to_string()),
+        TakeSource::Imported { path } => parts.push(format!(
+            "imported from {}",
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into()
+            )
+        )),
+    }
+    match &take.meta.melody {
+        Some(MelodySource::Take { of }) => parts.push(format!("melody of {}", short(of))),
+        Some(MelodySource::Notes { notes, .. }) => {
+            parts.push(format!("melody of {} MIDI notes", notes.len()))
+        }
+        None => {}
+    }
+    parts.join(" · ")
+}
 
 pub(super) fn draw_takes(ui: &mut Ui, model: &mut EditorModel) {
     let (takes, selected) = {
@@ -43,7 +90,23 @@ fn draw_facts(ui: &mut Ui, model: &EditorModel, take: &Take) {
         m.request.prompt.clone()
     };
     ui.label(RichText::new(prompt).strong());
+    let short = |id: &crate::take::TakeId| {
+        let session = model.instance.session();
+        match session.take(id) {
+            Some(t) if !t.meta.request.prompt.trim().is_empty() => {
+                format!("\"{}\"", t.meta.request.prompt)
+            }
+            _ => format!("take {id}"),
+        }
+    };
+    let from = origin(take, short);
+    if !from.is_empty() {
+        ui.label(RichText::new(from).italics());
+    }
     let mut facts = format!("{:.2} s", m.seconds);
+    if m.channels == 2 {
+        facts.push_str(" · stereo");
+    }
     if let (Some(b), Some((n, d))) = (m.bars, m.time_signature) {
         facts.push_str(&format!(" · {b} bars of {n}/{d}"));
     }
@@ -160,8 +223,34 @@ fn draw_buttons(ui: &mut Ui, model: &mut EditorModel, take: &Take, is_selected: 
         {
             model.act(EditorAction::UseSeed(id.clone()));
         }
-        if ui.button("Regenerate").clicked() {
+        let generated = take.meta.source.generated();
+        if ui
+            .add_enabled(generated, egui::Button::new("Regenerate"))
+            .on_disabled_hover_text("A captured or imported take is a recording")
+            .clicked()
+        {
             model.act(EditorAction::Regenerate(id.clone()));
+        }
+        let has_audio = take.pcm.is_some();
+        if ui
+            .add_enabled(has_audio, egui::Button::new("Continue"))
+            .on_hover_text("A new take that carries on from this one's end, for the length above")
+            .clicked()
+        {
+            model.act(EditorAction::Continue(id.clone()));
+        }
+        let settings_model = model.instance.session().settings().model.clone();
+        let melody_model = capabilities(&settings_model).is_none_or(|c| c.melody);
+        if ui
+            .add_enabled(
+                has_audio && melody_model,
+                egui::Button::new("Use as melody"),
+            )
+            .on_hover_text("The next takes follow this take's melody")
+            .on_disabled_hover_text("Needs a melody model (MusicGen melody or stereo melody)")
+            .clicked()
+        {
+            model.act(EditorAction::UseAsMelody(id.clone()));
         }
         if ui.button("Delete").clicked() {
             model.act(EditorAction::Delete(id.clone()));

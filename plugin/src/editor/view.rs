@@ -36,6 +36,12 @@ pub enum EditorAction {
     Play(TakeId, PlayMode),
     UseSeed(TakeId),
     Regenerate(TakeId),
+    /// A new take that carries on from this one's end.
+    Continue(TakeId),
+    /// Make the next takes follow this take as their melody.
+    UseAsMelody(TakeId),
+    /// Make a take of the audio file at this path.
+    Import(PathBuf),
     Delete(TakeId),
     CopyPath(TakeId),
     Reveal(TakeId),
@@ -51,6 +57,8 @@ pub struct EditorModel {
     pub drag: Option<Box<dyn FileDrag>>,
     /// The local folder typed into the model picker.
     pub local_path: String,
+    /// The audio file path typed into the import field.
+    pub import_path: String,
     /// A short message about the last action (copied, revealed, purged...).
     pub notice: Option<String>,
     pub(super) waveforms: HashMap<TakeId, Vec<(f32, f32)>>,
@@ -75,6 +83,7 @@ impl EditorModel {
             params,
             drag,
             local_path,
+            import_path: String::new(),
             notice: None,
             waveforms: HashMap::new(),
             on_disk: None,
@@ -114,6 +123,16 @@ impl EditorModel {
             EditorAction::UseSeed(id) => i.use_seed_of(&id),
             EditorAction::Regenerate(id) => {
                 i.regenerate(&id)?;
+            }
+            EditorAction::Continue(id) => {
+                i.continue_take(&id)?;
+            }
+            EditorAction::UseAsMelody(id) => {
+                i.update_settings(|s| s.melody = Some(crate::take::MelodySource::Take { of: id }))
+            }
+            EditorAction::Import(path) => {
+                i.import(&path)?;
+                self.notice = Some(format!("Importing {}…", path.display()));
             }
             EditorAction::Delete(id) => i.delete(&id),
             EditorAction::CopyPath(id) => {
@@ -276,6 +295,16 @@ pub fn advice(error: &PluginError) -> &'static str {
         PluginError::File { .. } | PluginError::BadTakeFile { .. } => {
             "Check the data folder: it must exist and be writable."
         }
+        PluginError::Import { .. } => {
+            "Pick a WAV, FLAC, MP3 or Ogg file of up to 5 minutes that plays elsewhere."
+        }
+        PluginError::MelodyUnsupported { .. } => {
+            "Pick facebook/musicgen-melody (or a stereo melody model), or clear the melody."
+        }
+        PluginError::SourceGone(_) => {
+            "Restore the take it was made from (undo), or make a new take."
+        }
+        PluginError::NotGenerated(_) => "Capture or import it again instead.",
         _ => "Try again; if it keeps failing, pick another model or device.",
     }
 }
@@ -303,6 +332,7 @@ pub fn draw(ui: &mut Ui, model: &mut EditorModel) {
             ui.separator();
             draw_generate(ui, model);
             ui.separator();
+            super::takes::draw_import(ui, model);
             super::takes::draw_takes(ui, model);
             ui.separator();
             draw_footer(ui, model);

@@ -13,7 +13,9 @@ use crate::take::{Take, TakeId, TakeMeta};
 /// The key of the document in the plugin state's `fields`.
 pub const STATE_KEY: &str = "promptloop";
 /// The document's schema version; [`migrate`] brings older documents to it.
-pub const STATE_VERSION: u64 = 1;
+/// Version 2 added each take's `source` and `melody` (and `channels`); version 1
+/// takes read as text takes, mono.
+pub const STATE_VERSION: u64 = 2;
 
 impl Session {
     /// The document saved with the project.
@@ -69,6 +71,10 @@ pub fn migrate(doc: &mut Value) {
         if !settings.is_empty() && !obj.contains_key("settings") {
             obj.insert("settings".into(), Value::Object(settings));
         }
+        obj.insert("version".into(), Value::from(1));
+    }
+    if version <= 1 {
+        // Version 1 takes have no `source`: they decode as text takes.
         obj.insert("version".into(), Value::from(STATE_VERSION));
     }
 }
@@ -169,6 +175,7 @@ fn decode_settings(obj: &Map<String, Value>, s: &mut Settings, report: &mut Vec<
     field(obj, "temperature", &mut s.temperature, report);
     field(obj, "seed", &mut s.seed, report);
     field(obj, "data_folder", &mut s.data_folder, report);
+    field(obj, "melody", &mut s.melody, report);
 }
 
 #[cfg(test)]
@@ -194,6 +201,8 @@ mod tests {
             created: 1,
             file: PathBuf::from(format!("/tmp/{id}.wav")),
             hidden: false,
+            source: Default::default(),
+            melody: None,
         }
     }
 
@@ -265,10 +274,97 @@ mod tests {
     }
 
     #[test]
+    fn version_1_documents_written_by_the_last_release_load_unchanged() {
+        let text = include_str!("../../tests/fixtures/state-v1.json");
+        let original: Value = serde_json::from_str(text).unwrap();
+        let mut doc = original.clone();
+        migrate(&mut doc);
+        assert_eq!(doc["version"], STATE_VERSION);
+        let mut s = Session::default();
+        s.load_document(&doc);
+        assert!(s.load_report.is_empty(), "{:?}", s.load_report);
+        assert_eq!(s.takes.len(), 2);
+        assert_eq!(s.settings.prompt, "dusty boom-bap drums, 90 bpm");
+        assert_eq!(s.settings.seed, Some(42));
+        assert_eq!(s.selected.as_ref().unwrap(), "take-1733370000000-0000abcd");
+        assert_eq!(s.recent_prompts.len(), 2);
+        for (t, saved) in s.takes.iter().zip(original["takes"].as_array().unwrap()) {
+            let m = &t.meta;
+            assert_eq!(m.source, crate::take::TakeSource::Text);
+            assert_eq!((m.channels, m.melody.clone()), (1, None));
+            assert_eq!(m.request.seed, 42);
+            // Every v1 field comes back as it was saved.
+            let back = serde_json::to_value(m).unwrap();
+            for (key, value) in saved.as_object().unwrap() {
+                assert_eq!(&back[key], value, "{key}");
+            }
+        }
+        assert!(s.takes[1].meta.hidden);
+    }
+
+    #[test]
+    fn every_source_kind_round_trips() {
+        use crate::take::{MelodySource, NoteRecord, TakeSource};
+        let mut s = Session::default();
+        let kinds = [
+            (TakeSource::Text, None),
+            (
+                TakeSource::Continuation {
+                    of: "a".into(),
+                    prompt_seconds: 12.0,
+                },
+                None,
+            ),
+            (TakeSource::Captured, None),
+            (
+                TakeSource::Imported {
+                    path: PathBuf::from("/music/loop.flac"),
+                },
+                None,
+            ),
+            (
+                TakeSource::Text,
+                Some(MelodySource::Take { of: "c".into() }),
+            ),
+            (
+                TakeSource::Text,
+                Some(MelodySource::Notes {
+                    notes: vec![NoteRecord {
+                        start_s: 0.0,
+                        end_s: 0.5,
+                        pitch: 60,
+                    }],
+                    seconds: 2.0,
+                }),
+            ),
+        ];
+        for (n, (source, melody)) in kinds.iter().enumerate() {
+            let mut m = meta(&format!("t{n}"));
+            m.source = source.clone();
+            m.melody = melody.clone();
+            m.channels = 1 + n % 2;
+            s.add_take(Take {
+                meta: m,
+                status: TakeStatus::Ready,
+                pcm: None,
+                clip: None,
+            });
+        }
+        let doc = s.to_document();
+        assert_eq!(doc["version"], 2);
+        let mut back = Session::default();
+        back.load_document(&doc);
+        assert!(back.load_report.is_empty(), "{:?}", back.load_report);
+        for (a, b) in back.takes.iter().zip(&s.takes) {
+            assert_eq!(a.meta, b.meta);
+        }
+    }
+
+    #[test]
     fn version_0_documents_migrate() {
         let mut doc = serde_json::json!({"prompt": "old", "seed": 5, "takes": []});
         migrate(&mut doc);
-        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["version"], STATE_VERSION);
         let d = decode(&doc);
         assert_eq!(d.settings.prompt, "old");
         assert_eq!(d.settings.seed, Some(5));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::Clip;
 use crate::error::PluginError;
-use crate::take::{Take, TakeId, TakeStatus};
+use crate::take::{MelodySource, Take, TakeId, TakeStatus};
 
 pub mod document;
 
@@ -47,6 +47,9 @@ pub struct Settings {
     pub seed: Option<u64>,
     /// Where take WAVs go; `None`: the default data folder.
     pub data_folder: Option<PathBuf>,
+    /// The melody the next takes follow (melody models only); `None`: none.
+    #[serde(default)]
+    pub melody: Option<MelodySource>,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             temperature: 1.0,
             seed: None,
             data_folder: None,
+            melody: None,
         }
     }
 }
@@ -127,6 +131,32 @@ impl Session {
     /// Every take, hidden ones included, oldest first.
     pub fn takes(&self) -> &[Take] {
         &self.takes
+    }
+
+    /// The files to keep: every visible take's, and those of the takes they
+    /// were made from (what they continue, their melody), hidden or not.
+    pub fn kept_files(&self) -> Vec<PathBuf> {
+        let mut keep: Vec<&TakeId> = self.visible_takes().map(|t| &t.meta.id).collect();
+        let mut i = 0;
+        while i < keep.len() {
+            if let Some(t) = self.take(keep[i]) {
+                for dep in t.meta.depends_on() {
+                    if !keep.contains(&dep) {
+                        keep.push(dep);
+                    }
+                }
+            }
+            i += 1;
+        }
+        if let Some(MelodySource::Take { of }) = &self.settings.melody {
+            if !keep.contains(&of) {
+                keep.push(of);
+            }
+        }
+        keep.iter()
+            .filter_map(|id| self.take(id))
+            .map(|t| t.meta.file.clone())
+            .collect()
     }
 
     /// The takes the producer sees (not deleted), oldest first.

@@ -5,6 +5,7 @@
 //! clips the audio threads let go of are dropped here. It never waits behind a
 //! generation.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +17,12 @@ use crate::clip::Clip;
 use crate::error::{PluginError, Result};
 use crate::handoff::AudioCommand;
 use crate::inference::{job_cancelled, job_failed};
-use crate::request::{Job, JobStage};
-use crate::take::{unix_now, Take, TakeMeta, TakeStatus};
+use crate::request::{request_for, HostTime, Job, JobStage};
+use crate::take::{unix_now, Take, TakeId, TakeMeta, TakeSource, TakeStatus};
 use crate::workers::{Owner, TakeOwner, COUNTERS};
 
 pub mod files;
+pub mod import;
 
 pub const THREAD_NAME: &str = "promptloop-io";
 
@@ -35,6 +37,8 @@ pub struct FinishedTake {
     pub pcm: Vec<f32>,
     pub channels: usize,
     pub sample_rate: u32,
+    /// A continuation: the seconds of the original the engine kept as its prompt.
+    pub prompt_seconds: Option<f64>,
 }
 
 pub enum IoMsg {
@@ -48,6 +52,14 @@ pub enum IoMsg {
         owner: Owner,
         job: Arc<Job>,
         take: Box<FinishedTake>,
+    },
+    /// Make a take of an audio file.
+    Import {
+        owner: Owner,
+        id: TakeId,
+        from: PathBuf,
+        file: PathBuf,
+        tempo: HostTime,
     },
 }
 
@@ -63,6 +75,13 @@ pub fn run(rx: Receiver<IoMsg>) {
                 }
             }
             Ok(IoMsg::Finished { owner, job, take }) => save_take(&owner, &job, *take),
+            Ok(IoMsg::Import {
+                owner,
+                id,
+                from,
+                file,
+                tempo,
+            }) => import_take(&owner, id, &from, &file, tempo),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -112,6 +131,7 @@ fn save_take(owner: &Owner, job: &Arc<Job>, finished: FinishedTake) {
         pcm,
         channels,
         sample_rate,
+        prompt_seconds,
     } = finished;
     if let Err(e) = files::write_take(&plan.file, &pcm, channels, sample_rate) {
         return job_failed(owner, job, e);
@@ -131,6 +151,14 @@ fn save_take(owner: &Owner, job: &Arc<Job>, finished: FinishedTake) {
         created: unix_now(),
         file: plan.file.clone(),
         hidden: false,
+        source: match (&plan.source, prompt_seconds) {
+            (TakeSource::Continuation { of, .. }, Some(kept)) => TakeSource::Continuation {
+                of: of.clone(),
+                prompt_seconds: kept,
+            },
+            (source, _) => source.clone(),
+        },
+        melody: plan.melody.clone(),
     };
     let pcm = Arc::new(pcm);
     i.session().write().add_take(Take {
@@ -142,6 +170,66 @@ fn save_take(owner: &Owner, job: &Arc<Job>, finished: FinishedTake) {
     prepare_clip(&*i, &meta, &pcm);
     COUNTERS.jobs_done.fetch_add(1, Ordering::Relaxed);
     job.set_stage(JobStage::Done);
+}
+
+/// Reads an audio file, stores it as a take's WAV (its own rate and channels),
+/// selects it and hands it to the audio thread. A file that cannot be read is
+/// the editor's error, and no take.
+fn import_take(owner: &Owner, id: TakeId, from: &Path, file: &Path, host: HostTime) {
+    let Some(i) = owner.upgrade() else {
+        return;
+    };
+    let fail = |reason: String| {
+        let e = PluginError::Import {
+            path: from.to_path_buf(),
+            reason,
+        };
+        i.session().write().set_error(Some(e));
+    };
+    let pcm = match import::read_audio_file(from) {
+        Ok(p) => p,
+        Err(reason) => return fail(reason),
+    };
+    let channels = pcm.channels.len();
+    let interleaved = crate::clip::interleave(&pcm.channels);
+    if let Err(e) = files::write_take(file, &interleaved, channels, pcm.sample_rate) {
+        return i.session().write().set_error(Some(e));
+    }
+    let settings = i.session().read().settings().clone();
+    let mut request = request_for(&settings).unwrap_or_default();
+    request.prompt = String::new();
+    request.frames = (pcm.duration_s() * 50.0).ceil().max(1.0) as usize;
+    let meta = TakeMeta {
+        id,
+        request,
+        engine_version: musicgen::ENGINE_VERSION.to_string(),
+        seconds: pcm.duration_s(),
+        samples: pcm.len(),
+        sample_rate: pcm.sample_rate,
+        channels,
+        tempo: host.tempo,
+        bars: None,
+        time_signature: host.time_signature,
+        created: unix_now(),
+        file: file.to_path_buf(),
+        hidden: false,
+        source: TakeSource::Imported {
+            path: from.to_path_buf(),
+        },
+        melody: None,
+    };
+    let pcm = Arc::new(interleaved);
+    {
+        let mut s = i.session().write();
+        s.add_take(Take {
+            meta: meta.clone(),
+            status: TakeStatus::Ready,
+            pcm: Some(pcm.clone()),
+            clip: None,
+        });
+        s.set_error(None);
+    }
+    prepare_clip(&*i, &meta, &pcm);
 }
 
 /// Resamples one take for the host's current rate (again, should the rate change
