@@ -185,6 +185,64 @@ fn midi_note_off_fades_the_take_out() {
 }
 
 #[test]
+fn a_stereo_take_plays_different_sides_and_a_mono_take_the_same() {
+    let entry = load_entry();
+    let data = tempfile::tempdir().unwrap();
+    let mut p = PluginUnderTest::new(&entry);
+    p.activate(44_100.0, 512);
+    p.configure(
+        &fixture_model("tiny-stereo"),
+        data.path(),
+        "pads",
+        json!({"seconds": 1.0}),
+        3,
+    );
+    p.process(64, &[generate_note()], None);
+    let takes = p.wait_for_takes(1, WAIT, None);
+    assert_eq!(takes[0]["channels"], 2, "{}", takes[0]);
+    // Play it until the clip at the host rate arrives: 44 100 frames a side.
+    let start = Instant::now();
+    let [l, r] = loop {
+        let [l, r] = p.render_stereo(50_000, 512, &[note(60, true)]);
+        p.process(1, &[note(60, false)], None);
+        p.render_stereo(4096, 512, &[]);
+        if sounding_len(&l) == 44_100 {
+            break [l, r];
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no stereo clip");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let differ = l
+        .iter()
+        .zip(&r)
+        .filter(|(a, b)| (*a - *b).abs() > 1e-4)
+        .count();
+    assert!(
+        differ > 40_000,
+        "the sides differ in {differ} of 44100 frames"
+    );
+    assert!(r.iter().any(|s| *s != 0.0));
+    // A mono model's take: the same on both sides.
+    p.edit_document(|doc| {
+        doc["settings"]["model"] = json!({"kind": "local", "path": tiny_model()});
+    });
+    p.process(64, &[generate_note()], None);
+    p.wait_for_takes(2, WAIT, None);
+    let start = Instant::now();
+    loop {
+        let [l, r] = p.render_stereo(50_000, 512, &[note(60, true)]);
+        p.process(1, &[note(60, false)], None);
+        p.render_stereo(4096, 512, &[]);
+        if sounding_len(&l) == 44_100 {
+            assert_eq!(l, r, "a mono take sounds the same on both sides");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no mono clip");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn loop_mode_stays_aligned_to_the_song_position() {
     let entry = load_entry();
     let data = tempfile::tempdir().unwrap();

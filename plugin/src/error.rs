@@ -45,6 +45,10 @@ pub enum PluginError {
     #[error("{model} takes no melody: pick a melody model (MusicGen melody or stereo melody), or clear the melody")]
     MelodyUnsupported { model: String },
 
+    /// A recording that could not finish.
+    #[error("the recording stopped: {0}")]
+    CaptureStopped(String),
+
     /// An audio file that cannot become a take.
     #[error("cannot import {}: {reason}", path.display())]
     Import { path: PathBuf, reason: String },

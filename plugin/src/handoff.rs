@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::capture::Capture;
 use crate::clip::Clip;
 
 /// Capacity of the queue to the audio thread, and of the return queue.
@@ -20,6 +21,10 @@ pub enum AudioCommand {
     Select(Option<Arc<Clip>>),
     /// Play a clip once from its start, on top of the rest.
     Preview(Arc<Clip>),
+    /// Arm a recording (its buffers allocated already); replaces one armed.
+    Capture(Box<Capture>),
+    /// Stop the recording and hand it back unfinished.
+    CancelCapture,
 }
 
 /// The audio thread's end: it pops commands and pushes back the clips it lets
@@ -27,6 +32,7 @@ pub enum AudioCommand {
 pub struct PlayerEnd {
     commands: rtrb::Consumer<AudioCommand>,
     returns: rtrb::Producer<Arc<Clip>>,
+    captures: rtrb::Producer<Box<Capture>>,
 }
 
 impl PlayerEnd {
@@ -41,6 +47,14 @@ impl PlayerEnd {
             .push(clip)
             .map_err(|rtrb::PushError::Full(c)| c)
     }
+
+    /// Hands a finished (or cancelled) recording back; gives it back when the
+    /// queue is full.
+    pub fn give_back_capture(&mut self, capture: Box<Capture>) -> Result<(), Box<Capture>> {
+        self.captures
+            .push(capture)
+            .map_err(|rtrb::PushError::Full(c)| c)
+    }
 }
 
 /// The other threads' end (editor, workers). Its locks are never shared with
@@ -48,12 +62,18 @@ impl PlayerEnd {
 pub struct ControlEnd {
     commands: Mutex<rtrb::Producer<AudioCommand>>,
     returns: Mutex<rtrb::Consumer<Arc<Clip>>>,
+    captures: Mutex<rtrb::Consumer<Box<Capture>>>,
 }
 
 impl ControlEnd {
     /// Sends a command to the audio thread. Never blocks; a full queue drops it.
     pub fn send(&self, cmd: AudioCommand) -> bool {
         self.commands.lock().push(cmd).is_ok()
+    }
+
+    /// The next recording the audio thread handed back.
+    pub fn pop_capture(&self) -> Option<Box<Capture>> {
+        self.captures.lock().pop().ok()
     }
 
     /// Drops the clips the audio thread has let go of. Returns how many.
@@ -90,14 +110,17 @@ impl ControlEnd {
 pub fn handoff(commands: usize, returns: usize) -> (PlayerEnd, ControlEnd) {
     let (commands_tx, commands_rx) = rtrb::RingBuffer::new(commands);
     let (returns_tx, returns_rx) = rtrb::RingBuffer::new(returns);
+    let (captures_tx, captures_rx) = rtrb::RingBuffer::new(4);
     (
         PlayerEnd {
             commands: commands_rx,
             returns: returns_tx,
+            captures: captures_tx,
         },
         ControlEnd {
             commands: Mutex::new(commands_tx),
             returns: Mutex::new(returns_rx),
+            captures: Mutex::new(captures_rx),
         },
     )
 }

@@ -13,6 +13,7 @@ use musicgen::{GenerationRequest, Melody};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde_json::Value;
 
+use crate::capture::{Capture, CaptureKind, CaptureProgress, CaptureState};
 use crate::error::{PluginError, Result};
 use crate::handoff::{handoff, AudioCommand, ControlEnd, PlayerEnd, QUEUE_CAPACITY};
 use crate::host::HostInfo;
@@ -33,9 +34,14 @@ pub struct Instance {
     session: RwLock<Session>,
     pub host: HostInfo,
     pub playhead: Playhead,
+    /// The armed or running recording, as the audio thread reports it.
+    pub capture: Arc<CaptureProgress>,
     /// Bumped by the audio thread on the generate note; the I/O worker acts on it.
     generate_trigger: AtomicU32,
     trigger_seen: AtomicU32,
+    /// Bumped by the audio thread on the capture and melody notes.
+    capture_triggers: [AtomicU32; 2],
+    capture_seen: [AtomicU32; 2],
     audio: ControlEnd,
     jobs: Mutex<Vec<Arc<Job>>>,
     workers: Mutex<Option<Arc<WorkerThreads>>>,
@@ -56,8 +62,11 @@ impl Instance {
             session: RwLock::new(Session::default()),
             host: HostInfo::default(),
             playhead: Playhead::default(),
+            capture: Arc::default(),
             generate_trigger: AtomicU32::new(0),
             trigger_seen: AtomicU32::new(0),
+            capture_triggers: Default::default(),
+            capture_seen: Default::default(),
             audio,
             jobs: Mutex::new(Vec::new()),
             workers: Mutex::new(None),
@@ -133,6 +142,12 @@ impl Instance {
         self.generate_trigger.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Asks for a recording from the audio thread (the capture and melody
+    /// notes). Real-time safe: one atomic add.
+    pub fn trigger_capture(&self, kind: CaptureKind) {
+        self.capture_triggers[kind as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -201,6 +216,67 @@ impl Instance {
         request.audio_prompt = Some(audio);
         self.session.write().remember_prompt(&settings.prompt);
         Ok(self.queue(&workers, id, request, plan))
+    }
+
+    /// Arms a recording of the length in the settings (bars at the host's
+    /// tempo where it starts, or seconds): the audio input (`Audio`, a take
+    /// when done) or the MIDI notes played in (`Notes`, then the melody of a
+    /// new take). It starts at the next bar line while the host plays.
+    pub fn arm_capture(&self, kind: CaptureKind) -> Result<()> {
+        let rate = self.host.sample_rate();
+        if rate == 0 || self.workers().is_none() {
+            return Err(PluginError::NotActive);
+        }
+        let length = self.session.read().settings().length;
+        let time = self.host.time();
+        // Allocated here, off the audio thread, before it is armed.
+        let capture = Capture::new(
+            kind,
+            length,
+            rate,
+            time.tempo,
+            time.time_signature,
+            self.capture.clone(),
+        );
+        if !self.audio.send(AudioCommand::Capture(Box::new(capture))) {
+            self.capture.set(CaptureState::Idle);
+            return Err(PluginError::CaptureStopped(
+                "the audio thread is not taking commands (is the host's audio running?)".into(),
+            ));
+        }
+        self.session.write().set_error(None);
+        Ok(())
+    }
+
+    /// Stops an armed or running recording; what it held is dropped.
+    pub fn cancel_capture(&self) {
+        self.audio.send(AudioCommand::CancelCapture);
+    }
+
+    /// Called from `activate` with a recording the audio thread held: one at
+    /// another rate ends with the reason; one at this rate is armed again.
+    pub fn capture_interrupted(&self, capture: Box<Capture>, rate: u32) {
+        if capture.sample_rate == rate {
+            if capture.started {
+                // Audio was lost while the host stopped processing.
+                self.capture.set(CaptureState::Idle);
+                self.session
+                    .write()
+                    .set_error(Some(PluginError::CaptureStopped(
+                        "the host restarted its audio engine during the recording".into(),
+                    )));
+                return;
+            }
+            self.audio.send(AudioCommand::Capture(capture));
+            return;
+        }
+        self.capture.set(CaptureState::Idle);
+        self.session
+            .write()
+            .set_error(Some(PluginError::CaptureStopped(format!(
+                "the sample rate changed from {} to {rate} Hz",
+                capture.sample_rate
+            ))));
     }
 
     /// A take's audio, planar at its own rate: an audio prompt or a melody.
@@ -455,12 +531,27 @@ impl TakeOwner for Instance {
         &self.audio
     }
 
+    fn melody_recorded(self: Arc<Self>, melody: MelodySource) {
+        self.update_settings(|s| s.melody = Some(melody));
+        // A refusal (a model without melody) is kept for the editor.
+        let _ = self.generate();
+    }
+
     fn poll_triggers(self: Arc<Self>) {
         let now = self.generate_trigger.load(Ordering::Acquire);
         let seen = self.trigger_seen.swap(now, Ordering::AcqRel);
         if now != seen {
             // A refusal is kept for the editor by `generate`.
             let _ = self.generate();
+        }
+        for kind in [CaptureKind::Audio, CaptureKind::Notes] {
+            let k = kind as usize;
+            let now = self.capture_triggers[k].load(Ordering::Acquire);
+            if self.capture_seen[k].swap(now, Ordering::AcqRel) != now {
+                if let Err(e) = self.arm_capture(kind) {
+                    self.session.write().set_error(Some(e));
+                }
+            }
         }
     }
 }

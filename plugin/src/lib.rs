@@ -15,6 +15,7 @@ use std::sync::Arc;
 use nice_plug::prelude::*;
 use serde_json::Value;
 
+mod capture;
 mod clip;
 mod editor;
 mod error;
@@ -35,6 +36,7 @@ mod workers;
 #[cfg(feature = "test-hooks")]
 pub mod testing;
 
+use capture::CaptureKind;
 /// What the standalone app needs of the editor (its SIGINT handler).
 pub use editor::request_quit;
 use params::PromptloopParams;
@@ -45,6 +47,10 @@ use session::document::{self, STATE_KEY};
 /// hosts that call middle C "C3"): map it to a pad. Every other note plays the
 /// selected take in MIDI mode.
 pub const GENERATE_NOTE: u8 = 0;
+/// The MIDI note that arms a capture of the audio input (C#-2): map it to a pad.
+pub const CAPTURE_NOTE: u8 = 1;
+/// The MIDI note that arms a melody recording from MIDI (D-2).
+pub const MELODY_NOTE: u8 = 2;
 
 use instance::Instance;
 
@@ -52,6 +58,8 @@ pub struct Promptloop {
     params: Arc<PromptloopParams>,
     instance: Arc<Instance>,
     player: ClipPlayer,
+    /// The host connected the main input (the layout with one is active).
+    has_input: bool,
 }
 
 /// A session document the standalone app starts with (its `--session` file,
@@ -71,6 +79,7 @@ impl Default for Promptloop {
             params: Arc::new(PromptloopParams::new(instance.clone())),
             instance,
             player: ClipPlayer::new(player_end),
+            has_input: false,
         }
     }
 }
@@ -82,11 +91,20 @@ impl Plugin for Promptloop {
     const EMAIL: &'static str = "dev@promptloop.invalid";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[AudioIOLayout {
-        main_input_channels: None,
-        main_output_channels: NonZeroU32::new(2),
-        ..AudioIOLayout::const_default()
-    }];
+    // A stereo main input first, so hosts can route a track or a bus in for
+    // capturing; then the instrument without one, for hosts that want that.
+    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[
+        AudioIOLayout {
+            main_input_channels: NonZeroU32::new(2),
+            main_output_channels: NonZeroU32::new(2),
+            ..AudioIOLayout::const_default()
+        },
+        AudioIOLayout {
+            main_input_channels: None,
+            main_output_channels: NonZeroU32::new(2),
+            ..AudioIOLayout::const_default()
+        },
+    ];
     const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
 
     type Editor = editor::PromptloopEditor;
@@ -116,13 +134,18 @@ impl Plugin for Promptloop {
 
     fn activate(
         &mut self,
-        _audio_io_layout: &AudioIOLayout,
+        audio_io_layout: &AudioIOLayout,
         buffer_config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
         let rate = buffer_config.sample_rate;
         if !(rate.is_finite() && rate >= 1.0) {
             return false;
+        }
+        self.has_input = audio_io_layout.main_input_channels.is_some();
+        // A recording at another rate cannot go on: it ends, with the reason.
+        if let Some(c) = self.player.take_capture() {
+            self.instance.capture_interrupted(c, rate.round() as u32);
         }
         self.player.set_sample_rate(rate);
         self.instance.activate(rate.round() as u32);
@@ -151,6 +174,10 @@ impl Plugin for Promptloop {
         };
         let mode = self.params.mode.value();
         self.player.begin_block(mode, &view);
+        let time_signature = match (t.time_sig_numerator, t.time_sig_denominator) {
+            (Some(n), Some(d)) if n > 0 && d > 0 => Some((n as u32, d as u32)),
+            _ => None,
+        };
 
         let len = buffer.samples();
         let channels = buffer.as_slice();
@@ -162,6 +189,18 @@ impl Plugin for Promptloop {
             Some((r, others)) => (Some(&mut r[..len]), others),
             None => (None, &mut [][..]),
         };
+        // The buffer holds the input until the player renders over it.
+        if self.has_input {
+            self.player.record(
+                Some(&left[..]),
+                right.as_deref(),
+                len,
+                &view,
+                time_signature,
+            );
+        } else {
+            self.player.record(None, None, len, &view, time_signature);
+        }
         let mut start = 0;
         while let Some(event) = context.next_event() {
             let at = (event.timing() as usize).min(len);
@@ -175,11 +214,21 @@ impl Plugin for Promptloop {
             match event {
                 NoteEvent::NoteOn { key, .. } => match key.number() {
                     Some(GENERATE_NOTE) => self.instance.trigger_generation(),
-                    Some(note) => self.player.note_on(mode, note),
+                    Some(CAPTURE_NOTE) => self.instance.trigger_capture(CaptureKind::Audio),
+                    Some(MELODY_NOTE) => self.instance.trigger_capture(CaptureKind::Notes),
+                    Some(note) => {
+                        self.player.record_note(at, note, true);
+                        self.player.note_on(mode, note);
+                    }
                     None => {}
                 },
                 // A wildcard note-off (CLAP) ends whatever note plays.
-                NoteEvent::NoteOff { key, .. } => self.player.note_off(key.number()),
+                NoteEvent::NoteOff { key, .. } => {
+                    if let Some(note) = key.number() {
+                        self.player.record_note(at, note, false);
+                    }
+                    self.player.note_off(key.number())
+                }
                 _ => {}
             }
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use nice_plug::prelude::Enum;
 
+use crate::capture::{Capture, CaptureState};
 use crate::clip::Clip;
 use crate::handoff::{AudioCommand, PlayerEnd};
 use crate::take::TakeKey;
@@ -143,6 +144,10 @@ pub struct ClipPlayer {
     fade_len: usize,
     was_playing: bool,
     midi_note: Option<u8>,
+    /// The armed or running recording.
+    capture: Option<Box<Capture>>,
+    /// A finished recording the capture queue had no room for yet.
+    capture_out: Option<Box<Capture>>,
 }
 
 impl ClipPlayer {
@@ -161,6 +166,8 @@ impl ClipPlayer {
             fade_len: 1,
             was_playing: false,
             midi_note: None,
+            capture: None,
+            capture_out: None,
         };
         player.set_sample_rate(48_000.0);
         player
@@ -189,6 +196,52 @@ impl ClipPlayer {
         }
         self.midi_note = None;
         self.was_playing = false;
+    }
+
+    /// Records this block's input into the armed recording (see
+    /// [`Capture::record_block`]); call once per block, before rendering
+    /// overwrites the buffer. Real-time safe.
+    pub fn record(
+        &mut self,
+        left: Option<&[f32]>,
+        right: Option<&[f32]>,
+        len: usize,
+        transport: &TransportView,
+        time_signature: Option<(u32, u32)>,
+    ) {
+        if let Some(out) = self.capture_out.take() {
+            self.hand_back(out);
+        }
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        if c.record_block(left, right, len, transport, time_signature) {
+            let done = self.capture.take().expect("recording above");
+            done.progress.set(CaptureState::Finished);
+            self.hand_back(done);
+        }
+    }
+
+    /// A note event at `at` frames into this block, for a melody recording.
+    pub fn record_note(&mut self, at: usize, pitch: u8, on: bool) {
+        if let Some(c) = self.capture.as_mut() {
+            c.note(at, pitch, on);
+        }
+    }
+
+    /// Takes the recording away (from `activate`, never from `process`).
+    pub fn take_capture(&mut self) -> Option<Box<Capture>> {
+        self.capture_out.take().or_else(|| self.capture.take())
+    }
+
+    fn hand_back(&mut self, capture: Box<Capture>) {
+        if let Err(c) = self.queues.give_back_capture(capture) {
+            // Tried again next block; should that slot be taken, the older one
+            // is leaked rather than freed here.
+            if let Some(old) = self.capture_out.replace(c) {
+                std::mem::forget(old);
+            }
+        }
     }
 
     /// What is sounding, for the editor's playhead: the preview if one plays,
@@ -225,6 +278,18 @@ impl ClipPlayer {
                 AudioCommand::Preview(clip) => {
                     self.move_to_tail(true);
                     self.start(true, clip, 0, false);
+                }
+                AudioCommand::Capture(c) => {
+                    if let Some(mut old) = self.capture.replace(c) {
+                        old.cancelled = true;
+                        self.hand_back(old);
+                    }
+                }
+                AudioCommand::CancelCapture => {
+                    if let Some(mut old) = self.capture.take() {
+                        old.cancelled = true;
+                        self.hand_back(old);
+                    }
                 }
             }
         }

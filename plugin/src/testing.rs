@@ -3,6 +3,7 @@
 //! the tests in `plugin/tests`, and two C exports the host-level tests find in
 //! the built bundle.
 
+pub use crate::capture::{CaptureKind, CaptureState};
 #[cfg(target_os = "linux")]
 pub use crate::editor::drag::x11::run_drag;
 pub use crate::editor::drag::{DragEnded, FileDrag, ReleaseAfterDrag};

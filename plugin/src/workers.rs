@@ -33,6 +33,8 @@ pub trait TakeOwner: Send + Sync {
     /// Called on every poll of the I/O worker: start the generations the audio
     /// thread was asked for by MIDI.
     fn poll_triggers(self: Arc<Self>);
+    /// A melody was recorded from MIDI: make it the melody and generate.
+    fn melody_recorded(self: Arc<Self>, melody: crate::take::MelodySource);
 }
 
 /// An instance as the workers hold it.

@@ -21,7 +21,7 @@ pub const PLUGIN_ID: &str = "com.promptloop.promptloop";
 /// The note that starts a generation.
 pub const GENERATE_NOTE: u16 = 0;
 
-pub use test_support::{tiny_model, wait_for, workspace, Xvfb};
+pub use test_support::{fixture_model, tiny_model, wait_for, workspace, Xvfb};
 
 /// A built bundle (`Promptloop.clap`, `Promptloop.vst3`). Panics with the
 /// command that builds it when it is missing.
@@ -38,11 +38,19 @@ pub fn bundle(name: &str) -> PathBuf {
     path
 }
 
-/// Loads the plugin library.
+/// Loads the plugin library, once per test process, and keeps it loaded as a
+/// DAW does: a test thread that ends after the last test let go of the library
+/// would otherwise run the thread-local destructors the plugin's code left on
+/// it (its locks park threads) from an unloaded library.
 pub fn load_entry() -> PluginEntry {
-    let path = bundle("Promptloop.clap");
-    // SAFETY: the bundle is our own plugin, built by `cargo xtask test`.
-    unsafe { PluginEntry::load(&path) }.expect("the .clap loads")
+    static ENTRY: std::sync::OnceLock<PluginEntry> = std::sync::OnceLock::new();
+    ENTRY
+        .get_or_init(|| {
+            let path = bundle("Promptloop.clap");
+            // SAFETY: the bundle is our own plugin, built by `cargo xtask test`.
+            unsafe { PluginEntry::load(&path) }.expect("the .clap loads")
+        })
+        .clone()
 }
 
 /// Flags the plugin raises through the host callbacks.
@@ -162,6 +170,7 @@ pub struct PluginUnderTest {
     pub sample_rate: f64,
     pub max_block: u32,
     out: [Vec<f32>; 2],
+    inp: [Vec<f32>; 2],
     _flags: Box<HostFlags>,
 }
 
@@ -192,6 +201,7 @@ impl PluginUnderTest {
             sample_rate: 0.0,
             max_block: 0,
             out: [Vec::new(), Vec::new()],
+            inp: [Vec::new(), Vec::new()],
             _flags: flags,
         }
     }
@@ -212,6 +222,7 @@ impl PluginUnderTest {
         self.sample_rate = sample_rate;
         self.max_block = max_block;
         self.out = [vec![0.0; max_block as usize], vec![0.0; max_block as usize]];
+        self.inp = [vec![0.0; max_block as usize], vec![0.0; max_block as usize]];
     }
 
     pub fn deactivate(&mut self) {
@@ -228,11 +239,24 @@ impl PluginUnderTest {
     }
 
     /// Processes one block of `frames` and returns the two output channels.
+    /// The main input is left unconnected, as a DAW with nothing routed in.
     pub fn process(
         &mut self,
         frames: u32,
         notes: &[Note],
         transport: Option<Transport>,
+    ) -> [&[f32]; 2] {
+        self.process_with_input(frames, notes, transport, None)
+    }
+
+    /// [`PluginUnderTest::process`] with `input` on the main input port (both
+    /// sides, `frames` samples each).
+    pub fn process_with_input(
+        &mut self,
+        frames: u32,
+        notes: &[Note],
+        transport: Option<Transport>,
+        input: Option<[&[f32]; 2]>,
     ) -> [&[f32]; 2] {
         assert!(frames <= self.max_block && frames > 0);
         let processor = self.processor.as_mut().expect("activate first");
@@ -249,7 +273,25 @@ impl PluginUnderTest {
         let input_events = InputEvents::from_buffer(&events);
         let mut out_events = EventBuffer::new();
         let mut output_events = OutputEvents::from_buffer(&mut out_events);
-        let inputs = InputAudioBuffers::empty();
+        let mut in_ports = AudioPorts::with_capacity(2, 1);
+        let inputs = match input {
+            Some([a, b]) => {
+                let [il, ir] = &mut self.inp;
+                il[..frames as usize].copy_from_slice(&a[..frames as usize]);
+                ir[..frames as usize].copy_from_slice(&b[..frames as usize]);
+                in_ports.with_input_buffers([AudioPortBuffer {
+                    latency: 0,
+                    channels: AudioPortBufferType::f32_input_only(
+                        [
+                            InputChannel::variable(&mut il[..frames as usize]),
+                            InputChannel::variable(&mut ir[..frames as usize]),
+                        ]
+                        .into_iter(),
+                    ),
+                }])
+            }
+            None => InputAudioBuffers::empty(),
+        };
         let mut ports = AudioPorts::with_capacity(2, 1);
         let [l, r] = &mut self.out;
         let (l, r) = (&mut l[..frames as usize], &mut r[..frames as usize]);
@@ -272,6 +314,29 @@ impl PluginUnderTest {
             .expect("process succeeds");
         let n = frames as usize;
         [&self.out[0][..n], &self.out[1][..n]]
+    }
+
+    /// Processes `total` frames in blocks of `block` with no transport and
+    /// returns both channels (a stereo take's differ).
+    pub fn render_stereo(
+        &mut self,
+        total: usize,
+        block: u32,
+        notes_at_start: &[Note],
+    ) -> [Vec<f32>; 2] {
+        let mut out = [Vec::with_capacity(total), Vec::with_capacity(total)];
+        let block = block.min(self.max_block);
+        let mut first = true;
+        while out[0].len() < total {
+            let n = (total - out[0].len()).min(block as usize) as u32;
+            let notes = if first { notes_at_start } else { &[] };
+            first = false;
+            let [l, r] = self.process(n, notes, None);
+            assert!(l.iter().chain(r).all(|s| s.is_finite()), "finite output");
+            out[0].extend_from_slice(l);
+            out[1].extend_from_slice(r);
+        }
+        out
     }
 
     /// Processes `total` frames in blocks of `block` (the last may be shorter),

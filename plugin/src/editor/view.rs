@@ -11,6 +11,7 @@ use egui::{Color32, RichText, Ui, Vec2};
 use musicgen::ModelSource;
 
 use super::drag::FileDrag;
+use crate::capture::{CaptureKind, CaptureState};
 use crate::error::PluginError;
 use crate::instance::{purge_unused_takes, Instance};
 use crate::player::PlayMode;
@@ -42,6 +43,9 @@ pub enum EditorAction {
     UseAsMelody(TakeId),
     /// Make a take of the audio file at this path.
     Import(PathBuf),
+    /// Record the input (a take) or MIDI notes (a melody) from the next bar line.
+    Capture(CaptureKind),
+    CancelCapture,
     Delete(TakeId),
     CopyPath(TakeId),
     Reveal(TakeId),
@@ -130,6 +134,8 @@ impl EditorModel {
             EditorAction::UseAsMelody(id) => {
                 i.update_settings(|s| s.melody = Some(crate::take::MelodySource::Take { of: id }))
             }
+            EditorAction::Capture(kind) => i.arm_capture(kind)?,
+            EditorAction::CancelCapture => i.cancel_capture(),
             EditorAction::Import(path) => {
                 i.import(&path)?;
                 self.notice = Some(format!("Importing {}…", path.display()));
@@ -358,6 +364,7 @@ fn draw_generate(ui: &mut Ui, model: &mut EditorModel) {
         }
     });
     draw_activity(ui, activity);
+    draw_capture(ui, model);
     let report = model.instance.session().load_report().to_vec();
     if !report.is_empty() {
         ui.collapsing(
@@ -368,6 +375,58 @@ fn draw_generate(ui: &mut Ui, model: &mut EditorModel) {
                 }
             },
         );
+    }
+}
+
+/// Recording from the input or from MIDI, for the length above, from the next
+/// bar line; its progress while it runs.
+fn draw_capture(ui: &mut Ui, model: &mut EditorModel) {
+    let state = model.instance.capture.state();
+    let idle = state == CaptureState::Idle;
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(idle, egui::Button::new("Capture input"))
+            .on_hover_text(
+                "Record the plugin's audio input for the length above, from the next bar line while the host plays; it becomes a take",
+            )
+            .clicked()
+        {
+            model.act(EditorAction::Capture(CaptureKind::Audio));
+        }
+        if ui
+            .add_enabled(idle, egui::Button::new("Record melody"))
+            .on_hover_text(
+                "Record the MIDI notes played into the plugin for the length above, from the next bar line; a melody model then makes a take that follows them",
+            )
+            .clicked()
+        {
+            model.act(EditorAction::Capture(CaptureKind::Notes));
+        }
+        if !idle && ui.button("Stop recording").clicked() {
+            model.act(EditorAction::CancelCapture);
+        }
+    });
+    match state {
+        CaptureState::Idle => {}
+        CaptureState::Armed => {
+            ui.label("Recording armed: it starts at the next bar line once the host plays.");
+        }
+        CaptureState::Recording { frames, target } => {
+            let rate = model.instance.host.sample_rate().max(1) as f64;
+            let fraction = if target > 0 {
+                frames as f32 / target as f32
+            } else {
+                0.0
+            };
+            ui.add(egui::ProgressBar::new(fraction).text(format!(
+                "Recording: {:.1} of {:.1} s",
+                frames as f64 / rate,
+                target as f64 / rate
+            )));
+        }
+        CaptureState::Finished => {
+            ui.label("Recorded: making the take…");
+        }
     }
 }
 

@@ -13,12 +13,15 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use musicgen::GenerationRequest;
 
+use crate::capture::{Capture, CaptureKind, CaptureState};
 use crate::clip::Clip;
 use crate::error::{PluginError, Result};
 use crate::handoff::AudioCommand;
 use crate::inference::{job_cancelled, job_failed};
 use crate::request::{request_for, HostTime, Job, JobStage};
-use crate::take::{unix_now, Take, TakeId, TakeMeta, TakeSource, TakeStatus};
+use crate::take::{
+    unix_now, MelodySource, NoteRecord, Take, TakeId, TakeMeta, TakeSource, TakeStatus,
+};
 use crate::workers::{Owner, TakeOwner, COUNTERS};
 
 pub mod files;
@@ -88,6 +91,9 @@ pub fn run(rx: Receiver<IoMsg>) {
         owners.retain(|w| w.strong_count() > 0);
         for i in owners.iter().filter_map(|w| w.upgrade()) {
             i.audio().collect_returns();
+            while let Some(c) = i.audio().pop_capture() {
+                save_capture(&i, *c);
+            }
             if !i.is_closed() {
                 i.poll_triggers();
             }
@@ -170,6 +176,84 @@ fn save_take(owner: &Owner, job: &Arc<Job>, finished: FinishedTake) {
     prepare_clip(&*i, &meta, &pcm);
     COUNTERS.jobs_done.fetch_add(1, Ordering::Relaxed);
     job.set_stage(JobStage::Done);
+}
+
+/// Makes a take of a finished audio recording, or the melody of a new take of
+/// a finished melody recording; a cancelled one is dropped.
+fn save_capture(i: &Arc<dyn TakeOwner>, c: Capture) {
+    let progress = c.progress.clone();
+    let result = make_capture(i, c);
+    progress.set(CaptureState::Idle);
+    if let Err(e) = result {
+        i.session().write().set_error(Some(e));
+    }
+}
+
+fn make_capture(i: &Arc<dyn TakeOwner>, c: Capture) -> Result<()> {
+    if c.cancelled {
+        return Ok(());
+    }
+    let rate = c.sample_rate;
+    if c.kind == CaptureKind::Notes {
+        if c.notes.is_empty() {
+            return Err(PluginError::CaptureStopped(
+                "no MIDI notes were played during it".into(),
+            ));
+        }
+        let s = |f: u64| f as f64 / rate as f64;
+        let notes = c
+            .notes
+            .iter()
+            .map(|n| NoteRecord {
+                start_s: s(n.start),
+                end_s: s(n.end),
+                pitch: n.pitch,
+            })
+            .collect();
+        i.clone().melody_recorded(MelodySource::Notes {
+            notes,
+            seconds: c.seconds(),
+        });
+        return Ok(());
+    }
+    let folder = files::takes_folder(i.session().read().settings().data_folder.as_deref());
+    let id = TakeId::new();
+    let file = folder.join(format!("{id}.wav"));
+    files::write_take(&file, &c.audio, 2, rate)?;
+    let settings = i.session().read().settings().clone();
+    let mut request = request_for(&settings).unwrap_or_default();
+    request.prompt = String::new();
+    request.frames = (c.seconds() * 50.0).ceil().max(1.0) as usize;
+    let (bars, seconds) = match c.length {
+        crate::session::Length::Bars(b) if c.frames == c.target => (Some(b), c.seconds()),
+        _ => (None, c.seconds()),
+    };
+    let meta = TakeMeta {
+        id,
+        request,
+        engine_version: musicgen::ENGINE_VERSION.to_string(),
+        seconds,
+        samples: c.frames as usize,
+        sample_rate: rate,
+        channels: 2,
+        tempo: c.tempo,
+        bars,
+        time_signature: Some(c.time_signature),
+        created: unix_now(),
+        file,
+        hidden: false,
+        source: TakeSource::Captured,
+        melody: None,
+    };
+    let pcm = Arc::new(c.audio);
+    i.session().write().add_take(Take {
+        meta: meta.clone(),
+        status: TakeStatus::Ready,
+        pcm: Some(pcm.clone()),
+        clip: None,
+    });
+    prepare_clip(&**i, &meta, &pcm);
+    Ok(())
 }
 
 /// Reads an audio file, stores it as a take's WAV (its own rate and channels),
