@@ -130,9 +130,27 @@ impl Module for Proj {
                     None => l.forward(x),
                 }
             }
+            // A prefill of many rows (an audio prompt, a window's tail): candle's
+            // quantized kernel runs one dot product per row and column there, far
+            // slower than dequantizing the matrix once and multiplying in f32.
+            Proj::Quantized(QMatMul::QTensor(q)) if rows(x) > PREFILL_ROWS => {
+                let w = q.dequantize(x.device())?;
+                x.to_dtype(DType::F32)?
+                    .broadcast_matmul(&w.t()?)?
+                    .to_dtype(x.dtype())
+            }
             Proj::Quantized(q) => q.forward(x),
         }
     }
+}
+
+/// Rows past which a quantized projection dequantizes its matrix instead.
+const PREFILL_ROWS: usize = 16;
+
+/// Rows of activations: every dimension but the last.
+fn rows(x: &Tensor) -> usize {
+    let dims = x.dims();
+    dims[..dims.len().saturating_sub(1)].iter().product()
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
@@ -674,6 +692,33 @@ mod tests {
         assert!((rows[3][4] - 3f32.sin()).abs() < 1e-6);
         // The last frequency is 1/10000.
         assert!((rows[3][3] - (3e-4f32).cos()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_quantized_prefill_matches_the_row_by_row_kernel() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (96, 64), &dev).unwrap();
+        let q = Quantizer::new(GgmlDType::Q8_0, Default::default());
+        let p = Proj::from_weight("w", || Ok(w.clone()), Some(&q)).unwrap();
+        assert!(matches!(p, Proj::Quantized(_)));
+        let x = Tensor::randn(0f32, 1.0, (2, 20, 64), &dev).unwrap();
+        // 40 rows: the dequantizing path; one row at a time: candle's kernel.
+        let all = p.forward(&x).unwrap();
+        let by_row: Vec<Tensor> = (0..20)
+            .map(|i| {
+                p.forward(&x.narrow(1, i, 1).unwrap().contiguous().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let by_row = Tensor::cat(&by_row, 1).unwrap();
+        let exact = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let peak = max(exact.clone()).to_scalar::<f32>().unwrap();
+        let d_rows = max((&all - &by_row).unwrap()).to_scalar::<f32>().unwrap();
+        let d_exact = max((&all - &exact).unwrap()).to_scalar::<f32>().unwrap();
+        assert_eq!(all.dims(), &[2, 20, 96]);
+        assert!(d_rows < 0.02 * peak, "{d_rows} of {peak}");
+        assert!(d_exact < 0.02 * peak, "{d_exact} of {peak}");
     }
 
     #[test]
