@@ -1,7 +1,9 @@
-"""Reference MusicGen timing with Hugging Face transformers on CPU, float32, run the way a user would run it.
+"""Reference MusicGen timing with Hugging Face transformers, run the way a user would run it: on the CPU in
+float32 by default, or on a CUDA GPU (--device cuda) in float32, float16 or bfloat16 (--dtype).
 
     /work/pyref/bin/python bench/reference_bench.py --model bench-models/musicgen-small-random \
-        [--duration 10] [--guidance 3.0] [--top-k 250] [--threads N] [--prompt TEXT] [--seed 0] [--json]
+        [--duration 10] [--guidance 3.0] [--top-k 250] [--threads N] [--prompt TEXT] [--seed 0] [--json] \
+        [--device cpu|cuda] [--dtype f32|f16|bf16] [--attn sdpa|eager]
 
 One `model.generate(input_ids, attention_mask, do_sample=True, guidance_scale=g, top_k=k,
 max_new_tokens=F+K-1)` call, F = round(duration * 50) frames: the delay pattern makes F frames take F+K-1
@@ -14,7 +16,10 @@ decoder steps after the single BOS column (max_length = F + K). Measured inside 
     encodec_s   a wrapper around model.audio_encoder.decode (generate calls it once on the de-delayed codes)
     total_s     wall time of the whole generate call (T5 + all decoder steps + EnCodec); rtf = total_s / audio_s
 
-load_s is from_pretrained's wall time. t5_ms_separate is one more text-encoder call on the same input after
+On a GPU every clock above waits for the device first (torch.cuda.synchronize; generate already waits once a
+step for its stopping check), and gpu_peak_mb is torch's peak allocated memory during generate.
+
+load_s is from_pretrained's wall time (and the move to the device). t5_ms_separate is one more text-encoder call on the same input after
 generate (warm). peak_rss_mb is the peak RSS during generate (VmHWM, reset just before it, as the engine's
 `musicgen bench` does); load_peak_rss_mb the peak during loading, process_peak_rss_mb getrusage's ru_maxrss
 for the whole process (all in MiB). With --json the last stdout line is one JSON object; the human summary
@@ -40,14 +45,25 @@ from transformers.utils import logging as hf_logging
 DEFAULT_PROMPT = "dusty boom-bap drums, 90 bpm"  # the engine's `musicgen bench` default, and the fixtures' prompt
 
 
-class StepClock(LogitsProcessor):
-    """Records time.perf_counter() each time generate asks for processed scores (once per decoder step)."""
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
-    def __init__(self):
+
+def now(device: str) -> float:
+    """time.perf_counter() once the device has finished the work queued so far."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class StepClock(LogitsProcessor):
+    """Records the time each time generate asks for processed scores (once per decoder step)."""
+
+    def __init__(self, device: str):
+        self.device = device
         self.times = []
 
     def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
+        self.times.append(now(self.device))
         return scores
 
 
@@ -84,7 +100,7 @@ def percentile(xs, q):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="transformers MusicGen CPU float32 reference timing")
+    ap = argparse.ArgumentParser(description="transformers MusicGen reference timing")
     ap.add_argument("--model", required=True, type=Path, help="checkpoint folder (config.json, model.safetensors, "
                     "tokenizer.json)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of audio (frames = round(duration*50))")
@@ -95,7 +111,14 @@ def main() -> None:
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32", help="the whole model's dtype")
+    ap.add_argument("--attn", choices=["sdpa", "eager"], default=None,
+                    help="attention implementation (default: transformers' choice, sdpa where available)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    dev = args.device
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     hf_logging.set_verbosity_error()
@@ -105,15 +128,17 @@ def main() -> None:
 
     # ---- load -----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    model = MusicgenForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
-    model.eval()
-    load_s = time.perf_counter() - t0
+    # the decoder's attention (EnCodec has no sdpa path; T5 keeps transformers' choice)
+    extra = {"attn_implementation": {"decoder": args.attn}} if args.attn else {}
+    model = MusicgenForConditionalGeneration.from_pretrained(args.model, dtype=DTYPES[args.dtype], **extra)
+    model.eval().to(dev)
+    load_s = now(dev) - t0
     load_peak_mb = vm_hwm_mb()
 
     tok = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     enc = tok.encode(args.prompt)
-    input_ids = torch.tensor([enc.ids], dtype=torch.long)
-    attention_mask = torch.tensor([enc.attention_mask], dtype=torch.long)
+    input_ids = torch.tensor([enc.ids], dtype=torch.long, device=dev)
+    attention_mask = torch.tensor([enc.attention_mask], dtype=torch.long, device=dev)
 
     k = model.decoder.num_codebooks
     frame_rate = model.config.audio_encoder.frame_rate
@@ -126,26 +151,28 @@ def main() -> None:
     # ---- instrumentation ------------------------------------------------------------------------------
     t5_spans = []
     t5_start = []
-    pre = model.text_encoder.register_forward_pre_hook(lambda m, a: t5_start.append(time.perf_counter()))
+    pre = model.text_encoder.register_forward_pre_hook(lambda m, a: t5_start.append(now(dev)))
     post = model.text_encoder.register_forward_hook(
-        lambda m, a, o: t5_spans.append(time.perf_counter() - t5_start[-1]))
+        lambda m, a, o: t5_spans.append(now(dev) - t5_start[-1]))
     encodec = {}
     real_decode = model.audio_encoder.decode
 
     def timed_decode(audio_codes, *a, **kw):
         encodec["codes_shape"] = tuple(audio_codes.shape)
-        s = time.perf_counter()
+        s = now(dev)
         out = real_decode(audio_codes, *a, **kw)
-        encodec["s"] = time.perf_counter() - s
+        encodec["s"] = now(dev) - s
         return out
 
     model.audio_encoder.decode = timed_decode
-    clock = StepClock()
+    clock = StepClock(dev)
 
     # ---- generate -------------------------------------------------------------------------------------
     peak_was_reset = reset_peak_rss()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        g0 = time.perf_counter()
+        g0 = now(dev)
         audio = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -155,15 +182,16 @@ def main() -> None:
             max_new_tokens=decoder_steps,
             logits_processor=LogitsProcessorList([clock]),
         )
-        total_s = time.perf_counter() - g0
+        total_s = now(dev) - g0
         gen_peak_mb = vm_hwm_mb()
+        gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None
         del model.audio_encoder.decode  # back to the class method
         pre.remove()
         post.remove()
         # one more, separate (warm) text-encoder call on the same input
-        s = time.perf_counter()
+        s = now(dev)
         model.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
-        t5_separate_ms = (time.perf_counter() - s) * 1e3
+        t5_separate_ms = (now(dev) - s) * 1e3
 
     process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -177,7 +205,8 @@ def main() -> None:
     audio_s = frames * hop / sampling_rate
     result = {
         "impl": "transformers",
-        "precision": "f32",
+        "precision": args.dtype,
+        "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
         "load_s": round(load_s, 4),
         "t5_ms": round(t5_spans[0] * 1e3, 3),
         "step_ms_median": round(statistics.median(steps_ms), 3),
@@ -206,9 +235,12 @@ def main() -> None:
         "transformers": transformers.__version__,
         "attn_implementation": model.config.decoder._attn_implementation,
     }
+    if gpu_peak_mb is not None:
+        result["gpu_peak_mb"] = round(gpu_peak_mb, 1)
 
     log(f"transformers {transformers.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
-        f"{torch.get_num_threads()} threads, attention {result['attn_implementation']}")
+        f"{torch.get_num_threads()} threads, attention {result['attn_implementation']}, {result['device']} "
+        f"{args.dtype}")
     log(f"model {args.model}: load {load_s:.2f} s")
     log(f"prompt {args.prompt!r} -> {len(enc.ids)} tokens; {frames} frames = {audio_s:g} s audio, "
         f"{decoder_steps} decoder steps, guidance {args.guidance:g}, top_k {args.top_k}, seed {args.seed}")
@@ -218,7 +250,8 @@ def main() -> None:
         f"{result['step_ms_mean']:.2f} ms, p10 {result['step_ms_p10']:.2f}, p90 {result['step_ms_p90']:.2f}")
     log(f"EnCodec decode {encodec['s']:.3f} s; generate total {total_s:.2f} s; RTF {result['rtf']:.3f}; "
         f"peak RSS {result['peak_rss_mb']:.0f} MB during generate "
-        f"({load_peak_mb:.0f} MB during load, {process_peak_mb:.0f} MB process lifetime)")
+        f"({load_peak_mb:.0f} MB during load, {process_peak_mb:.0f} MB process lifetime)"
+        + (f"; GPU peak {gpu_peak_mb:.0f} MB allocated" if gpu_peak_mb is not None else ""))
     if args.json:
         print(json.dumps(result), flush=True)
 

@@ -178,7 +178,10 @@ pub fn compute_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
 /// The candle device for a choice: a GPU only when compiled in and present.
 pub fn select_device(choice: DeviceChoice) -> Result<Device> {
     let cuda = || {
-        Device::new_cuda(0).map_err(|e| {
+        // One explicit stream for every thread: the step runs on the compute
+        // pool and its logits are read on the caller's thread, which with
+        // CUDA's per-thread default stream would be unordered.
+        Device::new_cuda_with_stream(0).map(one_stream).map_err(|e| {
             Error::Device(if cfg!(feature = "cuda") {
                 format!("no usable CUDA GPU: {e}")
             } else {
@@ -213,6 +216,22 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
             Ok(Device::Cpu)
         }
     }
+}
+
+/// A device whose work all goes to one stream needs no cross-stream events.
+#[cfg(feature = "cuda")]
+fn one_stream(device: Device) -> Device {
+    if let Ok(cuda) = device.as_cuda_device() {
+        // SAFETY: called before any tensor exists on the device, and the engine
+        // only ever uses its one stream, so no use can race another stream.
+        unsafe { cuda.disable_event_tracking() }
+    }
+    device
+}
+
+#[cfg(not(feature = "cuda"))]
+fn one_stream(device: Device) -> Device {
+    device
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -9,8 +9,13 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use musicgen::{compute_pool, hub, MusicGen, Precision};
 
+/// The committed fixtures; `PROMPTLOOP_FIXTURES` points a test binary that was
+/// built elsewhere (bench/gpu_check.sh carries them to a GPU machine) at them.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    match std::env::var_os("PROMPTLOOP_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"),
+    }
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
@@ -21,9 +26,24 @@ pub fn pool() -> Arc<rayon::ThreadPool> {
     compute_pool(2).unwrap()
 }
 
+/// The device the engine's tests run on: the CPU, or the first CUDA GPU as the
+/// engine opens it with `PROMPTLOOP_TEST_DEVICE=cuda` (a `--features cuda` build).
+pub fn test_device() -> Device {
+    match std::env::var("PROMPTLOOP_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => Device::Cpu,
+        Ok("cuda") => musicgen::select_device(musicgen::DeviceChoice::Cuda)
+            .unwrap_or_else(|e| panic!("PROMPTLOOP_TEST_DEVICE=cuda: {e}")),
+        Ok(other) => panic!("PROMPTLOOP_TEST_DEVICE={other}: expected cpu or cuda"),
+    }
+}
+
 pub fn load(name: &str) -> MusicGen {
+    load_on(name, &test_device())
+}
+
+pub fn load_on(name: &str, device: &Device) -> MusicGen {
     let files = hub::local_files(&model_dir(name)).unwrap();
-    MusicGen::load(&files, &Device::Cpu, Precision::F32, pool()).unwrap()
+    MusicGen::load(&files, device, Precision::F32, pool()).unwrap()
 }
 
 pub struct Reference {
