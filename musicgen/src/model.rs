@@ -181,13 +181,15 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
         // One explicit stream for every thread: the step runs on the compute
         // pool and its logits are read on the caller's thread, which with
         // CUDA's per-thread default stream would be unordered.
-        Device::new_cuda_with_stream(0).map(one_stream).map_err(|e| {
-            Error::Device(if cfg!(feature = "cuda") {
-                format!("no usable CUDA GPU: {e}")
-            } else {
-                "this build has no CUDA support: rebuild with `--features cuda`".to_string()
+        Device::new_cuda_with_stream(0)
+            .map(one_stream)
+            .map_err(|e| {
+                Error::Device(if cfg!(feature = "cuda") {
+                    format!("no usable CUDA GPU: {e}")
+                } else {
+                    "this build has no CUDA support: rebuild with `--features cuda`".to_string()
+                })
             })
-        })
     };
     let metal = || {
         Device::new_metal(0).map_err(|e| {
