@@ -61,10 +61,46 @@ fn main() {
             }
         }
     }
+    // A continuation of the first take, and an imported file.
+    let first = instance
+        .session()
+        .visible_takes()
+        .next()
+        .unwrap()
+        .meta
+        .id
+        .clone();
+    instance.update_settings(|s| {
+        s.prompt = "dusty boom-bap drums, 90 bpm, fill".into();
+        s.length = Length::Bars(2.0);
+    });
+    let id = instance.continue_take(&first).expect("queued");
+    wait(&instance, &id);
+    let flac = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/stereo-220-330hz.flac");
+    let imported = instance.import(&flac).expect("importing");
+    while instance.session().take(&imported).is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     instance.update_settings(|s| {
         s.prompt = "dusty boom-bap drums, 90 bpm".into();
         s.length = Length::Bars(4.0);
         s.seed = None;
     });
     println!("{}", instance.session().to_document());
+}
+
+fn wait(instance: &Instance, id: &promptloop::testing::TakeId) {
+    loop {
+        let job = instance
+            .jobs()
+            .into_iter()
+            .find(|j| &j.take_id == id)
+            .unwrap();
+        match job.stage() {
+            JobStage::Done => break,
+            s if s.finished() => panic!("{s:?}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

@@ -113,7 +113,9 @@ fn draw_facts(ui: &mut Ui, model: &EditorModel, take: &Take) {
     if let Some(t) = m.tempo {
         facts.push_str(&format!(" · {t:.1} bpm"));
     }
-    facts.push_str(&format!(" · seed {}", m.request.seed));
+    if m.source.generated() {
+        facts.push_str(&format!(" · seed {}", m.request.seed));
+    }
     ui.label(facts);
     if let (Some(t), Some(host)) = (m.tempo, model.instance.host.tempo()) {
         if m.bars.is_some() && (t - host).abs() > 1e-6 {
