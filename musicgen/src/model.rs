@@ -315,6 +315,18 @@ fn write_quant_cache(
     Ok(())
 }
 
+/// Hands memory freed by a window (its caches, the prefill's temporaries)
+/// back to the system. glibc raises its mmap threshold after large frees and
+/// then keeps such blocks in its arenas: without this a 120 s take grew by
+/// ~350 MB over its windows.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn check_cancel(cancel: &AtomicBool) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
         Err(Error::Cancelled)
@@ -1026,6 +1038,7 @@ impl MusicGen {
                 .into_iter()
                 .map(|row| row[stride.min(row.len())..].to_vec())
                 .collect();
+            release_freed_memory();
         }
         Ok(out)
     }
