@@ -277,7 +277,10 @@ fn continue_makes_the_engines_continuation_exactly_and_keeps_its_source() {
     // Deleting the original while it is continued changes nothing.
     i.delete(&a);
     assert_eq!(wait_finished(&i, &b), JobStage::Done);
-    eprintln!("a continued take in {:?} (tiny model, loaded)", asked.elapsed());
+    eprintln!(
+        "a continued take in {:?} (tiny model, loaded)",
+        asked.elapsed()
+    );
     let take_b = i.session().take(&b).unwrap().clone();
     assert_eq!(take_b.meta.samples, 16_000, "exactly the length asked");
     match &take_b.meta.source {
