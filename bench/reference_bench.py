@@ -89,6 +89,16 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def torch_blas() -> str:
+    """The BLAS torch's CPU matmuls use, from its build configuration (MKL runs its slower generic
+    kernels on AMD CPUs: the table must say so rather than credit the difference to the engine)."""
+    config = torch.__config__.show()
+    for line in config.splitlines():
+        if "BLAS_INFO=" in line:
+            return line.split("BLAS_INFO=")[1].split(",")[0].strip()
+    return "mkl" if torch.backends.mkl.is_available() else "unknown"
+
+
 def percentile(xs, q):
     xs = sorted(xs)
     if not xs:
@@ -234,6 +244,8 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "attn_implementation": model.config.decoder._attn_implementation,
+        "blas": torch_blas(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if gpu_peak_mb is not None:
         result["gpu_peak_mb"] = round(gpu_peak_mb, 1)

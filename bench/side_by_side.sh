@@ -90,6 +90,14 @@ if borrowed:
     print("- * transformers row: floor of the engine's f32 row (same f32 weights).")
 print(f"- machine: {os.environ.get('BENCH_CPU', '?')}, {os.environ.get('BENCH_NPROC', '?')} CPUs, "
       f"{os.environ.get('BENCH_MEM', '?')} RAM")
+if ref:
+    cpu = os.environ.get("BENCH_CPU", "")
+    blas = str(ref.get("blas", "?"))
+    note = ""
+    if "mkl" in blas.lower() and "AMD" in cpu.upper():
+        note = " (MKL on an AMD CPU takes its slower generic paths: part of the gap is the reference's BLAS)"
+    print(f"- reference: torch {ref.get('torch', '?')}, BLAS {blas}, CPU capability "
+          f"{ref.get('cpu_capability', '?')}, on {cpu or '?'}{note}")
 print(f"- date: {os.environ.get('BENCH_DATE', '?')}")
 PY
 }
