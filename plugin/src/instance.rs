@@ -372,6 +372,14 @@ impl Instance {
     }
 
     fn queue_again(self: &Arc<Self>, take: &TakeId) -> Result<TakeId> {
+        // An imported take is made again from its file.
+        let imported = match self.session.read().take(take).map(|t| &t.meta.source) {
+            Some(TakeSource::Imported { path }) => Some(path.clone()),
+            _ => None,
+        };
+        if let Some(path) = imported {
+            return self.import(&path);
+        }
         let workers = self.workers().ok_or(PluginError::NotActive)?;
         let session = self.session.read();
         let meta = session
@@ -399,7 +407,7 @@ impl Instance {
                 request.audio_prompt = Some(self.take_audio(of)?);
             }
             TakeSource::Captured => return Err(PluginError::NotGenerated("captured")),
-            TakeSource::Imported { .. } => return Err(PluginError::NotGenerated("imported")),
+            TakeSource::Imported { .. } => unreachable!("imported takes are imported again above"),
         }
         self.add_melody(&mut request, &mut plan, meta.melody.as_ref())?;
         Ok(self.queue(&workers, id, request, plan))

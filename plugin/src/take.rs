@@ -108,9 +108,14 @@ impl TakeSource {
         }
     }
 
-    /// Whether the take was generated (and so can be generated again).
+    /// Whether the take was generated.
     pub fn generated(&self) -> bool {
         matches!(self, TakeSource::Text | TakeSource::Continuation { .. })
+    }
+
+    /// Whether it can be made again: generated, or imported (read again).
+    pub fn repeatable(&self) -> bool {
+        !matches!(self, TakeSource::Captured)
     }
 }
 

@@ -258,9 +258,11 @@ fn flac_and_24_bit_wav_files_become_takes_and_a_broken_file_none() {
     assert_eq!(i.session().takes().len(), before);
     let missing = i.import(&data.path().join("nope.wav")).unwrap_err();
     assert!(missing.to_string().contains("no such file"), "{missing}");
-    // Imported takes are recordings: nothing to generate again.
-    let again = i.regenerate(&wav).unwrap_err();
-    assert!(again.to_string().contains("imported"), "{again}");
+    // Regenerating an imported take reads its file again.
+    let again = i.regenerate(&wav).unwrap();
+    let t2 = wait_take(&i, &again);
+    assert_eq!(t2.meta.source, t.meta.source);
+    assert_eq!(t2.pcm, i.session().take(&wav).unwrap().pcm);
 }
 
 #[test]

@@ -225,10 +225,10 @@ fn draw_buttons(ui: &mut Ui, model: &mut EditorModel, take: &Take, is_selected: 
         {
             model.act(EditorAction::UseSeed(id.clone()));
         }
-        let generated = take.meta.source.generated();
+        let repeatable = take.meta.source.repeatable();
         if ui
-            .add_enabled(generated, egui::Button::new("Regenerate"))
-            .on_disabled_hover_text("A captured or imported take is a recording")
+            .add_enabled(repeatable, egui::Button::new("Regenerate"))
+            .on_disabled_hover_text("A captured take is a recording: capture it again instead")
             .clicked()
         {
             model.act(EditorAction::Regenerate(id.clone()));

@@ -310,7 +310,7 @@ pub fn advice(error: &PluginError) -> &'static str {
         PluginError::SourceGone(_) => {
             "Restore the take it was made from (undo), or make a new take."
         }
-        PluginError::NotGenerated(_) => "Capture or import it again instead.",
+        PluginError::NotGenerated(_) => "Capture it again instead.",
         _ => "Try again; if it keeps failing, pick another model or device.",
     }
 }
