@@ -162,6 +162,19 @@ impl Conv1d {
     }
 }
 
+impl Conv1d {
+    /// Frames of input before and after an output frame that it reads (stride 1).
+    fn context(&self) -> (usize, usize) {
+        let k = (self.kernel_size - 1) * self.dilation + 1;
+        let total = k.saturating_sub(self.stride);
+        if self.causal {
+            (total, 0)
+        } else {
+            (total - total / 2, total / 2)
+        }
+    }
+}
+
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let len = x.dim(D::Minus1)? as i64;
@@ -318,6 +331,51 @@ impl Lstm {
     }
 }
 
+impl Lstm {
+    /// [`Module::forward`] over one stretch of time for batch 1, carrying the
+    /// recurrent state (`h`, `c` per layer, `(1, hidden)`) from the stretch
+    /// before: the decoder runs the take in units this way.
+    fn forward_carrying(&self, x: &Tensor, state: &mut Vec<(Tensor, Tensor)>) -> Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        let input = x.transpose(1, 2)?.contiguous()?; // (1, t, c)
+        let mut seq = input.clone();
+        let hd = self.hidden;
+        if state.is_empty() {
+            for _ in &self.layers {
+                state.push((
+                    Tensor::zeros((b, hd), x.dtype(), x.device())?,
+                    Tensor::zeros((b, hd), x.dtype(), x.device())?,
+                ));
+            }
+        }
+        for ((w_ih, w_hh, bias), (h, cell)) in self.layers.iter().zip(state.iter_mut()) {
+            let gates_x = seq.broadcast_matmul(w_ih)?.broadcast_add(bias)?; // (1, t, 4h)
+            let mut outputs = Vec::with_capacity(t);
+            for step in 0..t {
+                let hw = match crate::gemv::try_small_matmul(
+                    crate::gemv::ComputeThreads::Rayon,
+                    h,
+                    w_hh,
+                )? {
+                    Some(y) => y,
+                    None => h.matmul(&w_hh.t()?)?,
+                };
+                let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + hw)?;
+                let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hd)?)?;
+                let f = candle_nn::ops::sigmoid(&gates.narrow(1, hd, hd)?)?;
+                let g = gates.narrow(1, 2 * hd, hd)?.tanh()?;
+                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hd, hd)?)?;
+                *cell = ((f * &*cell)? + (i * g)?)?;
+                *h = (o * cell.tanh()?)?;
+                outputs.push(h.clone());
+            }
+            seq = Tensor::stack(&outputs, 1)?;
+        }
+        debug_assert_eq!(seq.dims3()?, (b, t, c));
+        (seq + input)?.transpose(1, 2)
+    }
+}
+
 impl Module for Lstm {
     /// `x`: (batch, channels, time).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -386,6 +444,10 @@ const CHUNK_FRAMES: usize = 32;
 /// Frames of context on each side of a chunk; the stack's receptive field is under
 /// two frames, so the kept samples are computed exactly as in one pass.
 const HALO_FRAMES: usize = 4;
+/// Frames per unit of the first convolution and the LSTM: small, so the first
+/// audio of a take being generated comes early (the upsampling stack's first
+/// unit needs its halo after it).
+const LSTM_UNIT_FRAMES: usize = 8;
 
 impl EncodecDecoder {
     /// `vb` points at the composite checkpoint's `audio_encoder` prefix.
@@ -498,7 +560,9 @@ impl EncodecDecoder {
         self.hop_length
     }
 
-    /// Decodes codes `(codebooks, frames)` (u32) to mono PCM of `frames * hop` samples.
+    /// Decodes codes `(codebooks, frames)` (u32) to mono PCM of `frames * hop`
+    /// samples: a [`DecodeStream`] given every frame at once, so a decode in
+    /// pieces is this one exactly.
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let (k, frames) = codes.dims2()?;
         if k != self.codebooks.len() {
@@ -510,32 +574,174 @@ impl EncodecDecoder {
         if frames == 0 {
             bail!("EnCodec decode needs at least one frame");
         }
+        let mut stream = self.stream();
+        stream.push(&codes.to_vec2::<u32>()?)?;
+        let pcm = stream.finish()?;
+        Tensor::from_vec(pcm, frames * self.hop_length, codes.device())
+    }
+
+    /// A decode that takes codes as they are generated and gives back audio
+    /// as soon as it is final.
+    pub fn stream(&self) -> DecodeStream {
+        DecodeStream {
+            dec: self.clone(),
+            codes: vec![Vec::new(); self.codebooks.len()],
+            post: Vec::new(),
+            post_from: 0,
+            lstm_frames: 0,
+            state: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// The codes' embeddings `(1, dim, b - a)` for frames `a..b`.
+    fn embed(
+        &self,
+        codes: &[Vec<u32>],
+        a: usize,
+        b: usize,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
         let mut emb: Option<Tensor> = None;
-        for (i, codebook) in self.codebooks.iter().enumerate() {
-            let q = codebook.embedding(&codes.get(i)?)?; // (frames, dim)
+        for (codebook, row) in self.codebooks.iter().zip(codes) {
+            let ids = Tensor::new(&row[a..b], device)?;
+            let q = codebook.embedding(&ids)?; // (frames, dim)
             emb = Some(match emb {
                 Some(e) => (e + q)?,
                 None => q,
             });
         }
-        let emb = emb.expect("at least one codebook");
-        let x = emb.t()?.unsqueeze(0)?.contiguous()?; // (1, dim, frames)
-        let x = Self::run(&self.layers, x)?;
-        let (chunk, hop) = (self.chunk_frames, self.hop_length);
-        let y = if frames <= chunk + 2 * HALO_FRAMES {
-            Self::run(&self.tail, x)?
-        } else {
-            let mut pieces = Vec::with_capacity(frames.div_ceil(chunk));
-            for start in (0..frames).step_by(chunk) {
-                let end = (start + chunk).min(frames);
-                let a = start.saturating_sub(HALO_FRAMES);
-                let b = (end + HALO_FRAMES).min(frames);
-                let y = Self::run(&self.tail, x.narrow(2, a, b - a)?)?;
-                pieces.push(y.narrow(2, (start - a) * hop, (end - start) * hop)?);
-            }
-            Tensor::cat(&pieces, 2)?
+        emb.expect("at least one codebook")
+            .t()?
+            .unsqueeze(0)?
+            .contiguous()
+    }
+}
+
+/// An EnCodec decode fed codes as they come. The take is decoded in fixed
+/// units, by the same operations whether the codes come at once or frame by
+/// frame: the first convolution over [`LSTM_UNIT_FRAMES`] frames and their
+/// context (3 frames each side), the LSTM carrying its state from unit to
+/// unit, then the upsampling stack over [`CHUNK_FRAMES`] frames and a
+/// [`HALO_FRAMES`] halo. A unit
+/// runs once the frames it reads exist, so every sample it gives back is final
+/// and the pieces joined are the whole decode, bit for bit.
+pub struct DecodeStream {
+    dec: EncodecDecoder,
+    /// The codes so far, per codebook.
+    codes: Vec<Vec<u32>>,
+    /// LSTM outputs `(1, dim, n)` per unit, from unit `post_from` on.
+    post: Vec<Tensor>,
+    post_from: usize,
+    /// Frames through the LSTM.
+    lstm_frames: usize,
+    /// The LSTM's state after them.
+    state: Vec<(Tensor, Tensor)>,
+    /// Frames given back as audio.
+    emitted: usize,
+}
+
+impl DecodeStream {
+    /// Appends frames of codes `(codebooks, frames)`.
+    pub fn push(&mut self, codes: &[Vec<u32>]) -> Result<()> {
+        if codes.len() != self.codes.len() {
+            bail!(
+                "EnCodec decode got {} codebooks, expected {}",
+                codes.len(),
+                self.codes.len()
+            );
+        }
+        for (row, new) in self.codes.iter_mut().zip(codes) {
+            row.extend_from_slice(new);
+        }
+        Ok(())
+    }
+
+    /// Frames of codes pushed so far.
+    pub fn frames(&self) -> usize {
+        self.codes[0].len()
+    }
+
+    /// Samples given back so far.
+    pub fn samples(&self) -> usize {
+        self.emitted * self.dec.hop_length
+    }
+
+    /// The audio that is final now (empty when none is yet).
+    pub fn ready(&mut self) -> Result<Vec<f32>> {
+        self.advance(false)
+    }
+
+    /// The rest of the audio, once every frame is pushed.
+    pub fn finish(mut self) -> Result<Vec<f32>> {
+        if self.frames() == 0 {
+            bail!("EnCodec decode needs at least one frame");
+        }
+        self.advance(true)
+    }
+
+    fn advance(&mut self, last: bool) -> Result<Vec<f32>> {
+        let total = self.frames();
+        let unit = self.dec.chunk_frames;
+        let lstm_unit = LSTM_UNIT_FRAMES;
+        let hop = self.dec.hop_length;
+        let device = self.dec.codebooks[0].device().clone();
+        let (Layer::Conv(conv), Layer::Lstm(lstm)) = (&self.dec.layers[0], &self.dec.layers[1])
+        else {
+            bail!("EnCodec decoder layers out of order");
         };
-        y.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)
+        let (before, after) = conv.context();
+        // The convolution and the LSTM, unit by unit.
+        while self.lstm_frames < total {
+            let s = self.lstm_frames;
+            let e = (s + lstm_unit).min(total);
+            if !last && (e - s < lstm_unit || e + after > total) {
+                break;
+            }
+            let a = s.saturating_sub(before);
+            let b = (e + after).min(total);
+            let x = self.dec.embed(&self.codes, a, b, &device)?;
+            let x = conv.forward(&x)?.narrow(2, s - a, e - s)?;
+            self.post.push(lstm.forward_carrying(&x, &mut self.state)?);
+            self.lstm_frames = e;
+        }
+        // The upsampling stack, unit by unit with its halo.
+        let mut out = Vec::new();
+        while self.emitted < total {
+            let s = self.emitted;
+            let e = (s + unit).min(total);
+            if !last && (e - s < unit || e + HALO_FRAMES > self.lstm_frames) {
+                break;
+            }
+            let a = s.saturating_sub(HALO_FRAMES);
+            let b = (e + HALO_FRAMES).min(total);
+            let x = self.post_frames(a, b)?;
+            let y = EncodecDecoder::run(&self.dec.tail, x)?;
+            let y = y.narrow(2, (s - a) * hop, (e - s) * hop)?;
+            out.extend(y.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            self.emitted = e;
+            // Units no later halo reaches are let go.
+            let keep_from = self.emitted.saturating_sub(HALO_FRAMES) / lstm_unit;
+            while self.post_from < keep_from && !self.post.is_empty() {
+                self.post.remove(0);
+                self.post_from += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// LSTM outputs for frames `a..b`, from the units that hold them.
+    fn post_frames(&self, a: usize, b: usize) -> Result<Tensor> {
+        let unit = LSTM_UNIT_FRAMES;
+        let mut parts = Vec::new();
+        for i in a / unit..=(b - 1) / unit {
+            let t = &self.post[i - self.post_from];
+            let start = i * unit;
+            let lo = a.max(start) - start;
+            let hi = b.min(start + t.dim(2)?) - start;
+            parts.push(t.narrow(2, lo, hi - lo)?);
+        }
+        Tensor::cat(&parts, 2)
     }
 }
 

@@ -41,6 +41,13 @@ pub enum Progress {
     EncodingAudio,
     /// The melody's chroma is computed (once per window).
     EncodingMelody,
+    /// Audio that is final, as it is generated: `pcm` (interleaved when
+    /// stereo) starts `start` samples (per channel) into the take. The pieces
+    /// joined are the take's audio exactly.
+    Audio {
+        start: usize,
+        pcm: Vec<f32>,
+    },
     /// Window `index` (from 1) of `count` starts; its steps follow. Takes up to
     /// 30 s are one window.
     Window {
@@ -87,6 +94,10 @@ impl Conditioning {
         }
     }
 }
+
+/// Told after each step how many of a window's frames are final, with the
+/// codes so far; what it returns is reported as progress.
+type FinalFrames<'a> = &'a mut dyn FnMut(&[Vec<u32>], usize) -> Option<Progress>;
 
 /// Sees each decoder step's guided logits `(codebooks, vocab)`.
 pub type LogitsObserver<'a> = &'a mut dyn FnMut(usize, &Tensor);
@@ -137,6 +148,65 @@ impl Generation {
         let hop = self.len() / self.codes.first().map(|r| r.len()).unwrap_or(1).max(1);
         &self.audio[(self.prompt_frames * hop * self.channels).min(self.audio.len())..]
     }
+}
+
+/// A take's audio decoded as its codes come (one EnCodec stream per channel):
+/// [`AudioStream::ready`] gives back the audio that is final, interleaved; the
+/// pieces joined are [`MusicGen::decode_audio`] of all the codes exactly.
+pub struct AudioStream {
+    streams: Vec<crate::encodec::DecodeStream>,
+}
+
+impl AudioStream {
+    /// Appends frames of codes `(codebooks, frames)` in the decoder's order.
+    pub fn push(&mut self, codes: &[Vec<u32>]) -> Result<()> {
+        let ch = self.streams.len();
+        for (side, stream) in self.streams.iter_mut().enumerate() {
+            let rows: Vec<Vec<u32>> = codes.iter().skip(side).step_by(ch).cloned().collect();
+            stream.push(&rows)?;
+        }
+        Ok(())
+    }
+
+    /// Frames of codes pushed so far.
+    pub fn frames(&self) -> usize {
+        self.streams.first().map_or(0, |s| s.frames())
+    }
+
+    /// Samples per channel given back so far.
+    pub fn samples(&self) -> usize {
+        self.streams.first().map_or(0, |s| s.samples())
+    }
+
+    /// The audio that is final now, interleaved (empty when none is yet).
+    pub fn ready(&mut self) -> Result<Vec<f32>> {
+        let sides = self
+            .streams
+            .iter_mut()
+            .map(|s| s.ready())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(interleave_sides(sides))
+    }
+
+    /// The rest, once every frame is pushed.
+    pub fn finish(self) -> Result<Vec<f32>> {
+        let sides = self
+            .streams
+            .into_iter()
+            .map(|s| s.finish())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(interleave_sides(sides))
+    }
+}
+
+fn interleave_sides(mut sides: Vec<Vec<f32>>) -> Vec<f32> {
+    if sides.len() == 1 {
+        return sides.pop().unwrap_or_default();
+    }
+    crate::wav::interleave(&Pcm {
+        channels: sides,
+        sample_rate: 0,
+    })
 }
 
 /// The windows a take of `total` frames (audio prompt included) is made in, when
@@ -801,11 +871,42 @@ impl MusicGen {
         prompt: &[Vec<u32>],
         new_frames: usize,
         guidance_scale: f64,
+        codes_from: CodeSource<'_>,
+        on_logits: Option<LogitsObserver<'_>>,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+        step_times: &mut Vec<Duration>,
+    ) -> Result<Vec<Vec<u32>>> {
+        self.continue_codes_with(
+            conditioning,
+            prompt,
+            new_frames,
+            guidance_scale,
+            codes_from,
+            on_logits,
+            progress,
+            cancel,
+            step_times,
+            &mut |_, _| None,
+        )
+    }
+
+    /// [`MusicGen::continue_codes`], telling `on_final` after every step how
+    /// many of the window's frames are final (every codebook sampled) with the
+    /// codes so far; what it returns is reported as progress.
+    #[allow(clippy::too_many_arguments)]
+    fn continue_codes_with(
+        &mut self,
+        conditioning: Option<&Conditioning>,
+        prompt: &[Vec<u32>],
+        new_frames: usize,
+        guidance_scale: f64,
         mut codes_from: CodeSource<'_>,
         mut on_logits: Option<LogitsObserver<'_>>,
         progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
         step_times: &mut Vec<Duration>,
+        on_final: FinalFrames<'_>,
     ) -> Result<Vec<Vec<u32>>> {
         let k = self.num_codebooks();
         let ch = self.channels;
@@ -951,6 +1052,11 @@ impl MusicGen {
             }
             width = 1;
             step_times.push(t0.elapsed());
+            // Column j completes frame j - max_delay - 1 in the last codebook.
+            let final_frames = j.saturating_sub(max_delay).clamp(p, frames);
+            if let Some(piece) = on_final(&codes, final_frames) {
+                progress(piece);
+            }
             progress(Progress::Step {
                 step: step + 1,
                 total: steps,
@@ -979,6 +1085,7 @@ impl MusicGen {
         progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
         timings: &mut Timings,
+        mut stream: Option<&mut AudioStream>,
     ) -> Result<Vec<Vec<u32>>> {
         if melody.is_some() && !self.has_melody() {
             return Err(self.no_melody());
@@ -1020,7 +1127,34 @@ impl MusicGen {
                 None => None,
             };
             let conditioning = self.conditioning(text, chroma.as_ref())?;
-            let codes = self.continue_codes(
+            let pool = self.pool.clone();
+            let channels = self.channels;
+            let mut failed = None;
+            let mut decode_time = Duration::ZERO;
+            let mut stream = stream.as_deref_mut();
+            let mut on_final = |codes: &[Vec<u32>], n: usize| -> Option<Progress> {
+                let stream = stream.as_deref_mut()?;
+                let fed = stream.frames().checked_sub(start)?;
+                if n <= fed || failed.is_some() {
+                    return None;
+                }
+                let t0 = Instant::now();
+                let new: Vec<Vec<u32>> = codes.iter().map(|r| r[fed..n].to_vec()).collect();
+                let pcm = pool.install(|| stream.push(&new).and_then(|_| stream.ready()));
+                decode_time += t0.elapsed();
+                match pcm {
+                    Ok(pcm) if !pcm.is_empty() => Some(Progress::Audio {
+                        start: stream.samples() - pcm.len() / channels,
+                        pcm,
+                    }),
+                    Ok(_) => None,
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                }
+            };
+            let codes = self.continue_codes_with(
                 conditioning.as_ref(),
                 &window_prompt,
                 len - have,
@@ -1030,7 +1164,12 @@ impl MusicGen {
                 progress,
                 cancel,
                 &mut timings.steps,
+                &mut on_final,
             )?;
+            timings.audio += decode_time;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             for (o, row) in out.iter_mut().zip(&codes) {
                 o.extend_from_slice(&row[have..]);
             }
@@ -1171,6 +1310,13 @@ impl MusicGen {
         }))
     }
 
+    /// A stream that decodes this model's codes as they come.
+    pub fn audio_stream(&self) -> AudioStream {
+        AudioStream {
+            streams: (0..self.channels).map(|_| self.audio.stream()).collect(),
+        }
+    }
+
     /// The whole request: text, decoder loop, audio.
     pub fn generate(
         &mut self,
@@ -1203,6 +1349,16 @@ impl MusicGen {
         };
         let prompt_frames = prompt[0].len();
         let mut processor = LogitsProcessor::new(request.sampling, request.seed);
+        // The audio is decoded as its frames become final, and handed out as it
+        // comes (`Progress::Audio`); what is left is decoded at the end.
+        let mut stream = self.audio_stream();
+        let mut audio = Vec::new();
+        let mut report = |p: Progress| {
+            if let Progress::Audio { pcm, .. } = &p {
+                audio.extend_from_slice(pcm);
+            }
+            progress(p);
+        };
         let codes = self.generate_windows(
             text.as_ref(),
             request.melody.as_ref(),
@@ -1211,15 +1367,18 @@ impl MusicGen {
             stride,
             request.guidance_scale,
             &mut processor,
-            progress,
+            &mut report,
             cancel,
             &mut timings,
+            Some(&mut stream),
         )?;
         check_cancel(cancel)?;
-        progress(Progress::DecodingAudio);
+        report(Progress::DecodingAudio);
         let t0 = Instant::now();
-        let audio = self.decode_audio(&codes)?;
-        timings.audio = t0.elapsed();
+        let start = stream.samples();
+        let rest = self.pool.install(|| stream.finish())?;
+        timings.audio += t0.elapsed();
+        report(Progress::Audio { start, pcm: rest });
         Ok(Generation {
             codes,
             audio,

@@ -116,3 +116,47 @@ fn a_stride_that_leaves_no_prompt_room_is_refused() {
         assert!(e.to_string().contains("between 1 and 29"), "{e}");
     }
 }
+
+#[test]
+fn a_take_is_heard_while_it_is_made_and_its_pieces_are_its_audio() {
+    let mut model = load("tiny-a");
+    let cancel = AtomicBool::new(false);
+    let mut pieces: Vec<(usize, Vec<f32>)> = Vec::new();
+    let mut steps_at_first_piece = None;
+    let mut steps = 0;
+    let mut before_decoding = 0;
+    // 40 s: two windows, the second streaming on from the first.
+    let take = model
+        .generate(
+            &greedy(2000),
+            &mut |p| match p {
+                Progress::Step { .. } => steps += 1,
+                Progress::Audio { start, pcm } => {
+                    steps_at_first_piece.get_or_insert(steps);
+                    pieces.push((start, pcm));
+                }
+                Progress::DecodingAudio => before_decoding = pieces.len(),
+                _ => {}
+            },
+            &cancel,
+        )
+        .unwrap();
+    let mut joined = Vec::new();
+    for (start, pcm) in &pieces {
+        assert_eq!(*start, joined.len(), "pieces come in order, without gaps");
+        joined.extend_from_slice(pcm);
+    }
+    assert_eq!(joined, take.audio, "the pieces are the take's audio");
+    assert_eq!(
+        joined,
+        model.decode_audio(&take.codes).unwrap(),
+        "and the whole decode, exactly"
+    );
+    let first = steps_at_first_piece.unwrap();
+    println!("first audio after {first} of {steps} steps; {before_decoding} pieces before the end");
+    assert!(first < 50, "the first audio comes after {first} steps");
+    assert!(
+        before_decoding > 50,
+        "{before_decoding} pieces while generating"
+    );
+}

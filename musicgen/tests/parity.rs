@@ -165,3 +165,41 @@ fn ablations_change_speed_not_results() {
     });
     check_guidance(&mut model, &r, 3.0, "g3");
 }
+
+#[test]
+fn audio_decoded_as_codes_come_is_the_whole_decode_exactly() {
+    for (name, frames) in [("tiny-a", 150), ("tiny-a", 3), ("tiny-stereo", 77)] {
+        let model = load(name);
+        let k = model.num_codebooks();
+        // Codes of every value, in an order no two rows share.
+        let codes: Vec<Vec<u32>> = (0..k)
+            .map(|c| {
+                (0..frames)
+                    .map(|f| ((f * 7 + c * 13) % 64) as u32)
+                    .collect()
+            })
+            .collect();
+        let whole = model.decode_audio(&codes).unwrap();
+        let mut stream = model.audio_stream();
+        let mut joined = Vec::new();
+        let mut pieces = 0;
+        for f in 0..frames {
+            let column: Vec<Vec<u32>> = codes.iter().map(|r| vec![r[f]]).collect();
+            stream.push(&column).unwrap();
+            let piece = stream.ready().unwrap();
+            pieces += usize::from(!piece.is_empty());
+            joined.extend(piece);
+            assert_eq!(joined.len() / model.channels(), stream.samples());
+        }
+        let before_finish = joined.len();
+        joined.extend(stream.finish().unwrap());
+        println!("{name}, {frames} frames: {pieces} pieces before the end, {before_finish} of {} samples", whole.len());
+        assert_eq!(joined, whole, "{name}: the pieces joined are the decode");
+        if frames > 64 {
+            assert!(
+                pieces >= frames / 32 - 2,
+                "{name}: audio came while frames came"
+            );
+        }
+    }
+}

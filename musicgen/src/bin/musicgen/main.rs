@@ -122,6 +122,7 @@ impl Reporter {
                 self.counts(step as u64, total as u64);
             }
             Progress::DecodingAudio => self.stage("decoding audio"),
+            Progress::Audio { .. } => {}
         }
     }
 
