@@ -488,3 +488,45 @@ fn hold_locks(d: Duration) {
         f(d.as_millis() as u32);
     }
 }
+
+#[test]
+fn a_take_is_heard_while_it_is_made() {
+    let entry = load_entry();
+    let data = tempfile::tempdir().unwrap();
+    let mut p = PluginUnderTest::new(&entry);
+    p.activate(48_000.0, 512);
+    p.configure(
+        &tiny_model(),
+        data.path(),
+        "pads",
+        json!({"seconds": 20.0}),
+        9,
+    );
+    p.edit_document(|doc| doc["settings"]["hear_while_made"] = true.into());
+    p.process(64, &[generate_note()], None);
+    // Sound comes before the take is done, and the whole take plays through.
+    let start = Instant::now();
+    let mut heard_before_done = 0usize;
+    let mut heard = 0usize;
+    loop {
+        let [l, r] = p.process(512, &[], None);
+        assert!(l.iter().chain(r).all(|s| s.is_finite()));
+        let n = l.iter().filter(|s| **s != 0.0).count();
+        heard += n;
+        p.pump();
+        let done = !p.takes().is_empty();
+        if !done {
+            heard_before_done += n;
+        } else if n == 0 && heard > 0 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no end");
+    }
+    eprintln!("{heard_before_done} of {heard} samples heard before the take was done");
+    assert!(
+        heard_before_done > 0,
+        "the take was heard while it was made"
+    );
+    // 20 s at 48 kHz, less a fade, played through.
+    assert!(heard > 900_000, "{heard} samples heard");
+}

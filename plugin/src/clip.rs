@@ -1,9 +1,141 @@
 //! What the audio thread plays: a take's PCM at the host rate, and the loop
 //! maths that turn a generation into a take that loops without a click.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::take::TakeKey;
+
+/// A take at the host's rate while it is being generated: allocated once for
+/// its whole length, written ahead by the inference thread, read behind by the
+/// audio thread up to [`GrowingClip::ready`]. Samples are f32 bits in atomics,
+/// so writer and reader never race.
+#[derive(Debug)]
+pub struct GrowingClip {
+    pub take: TakeKey,
+    samples: Box<[AtomicU32]>,
+    pub channels: usize,
+    /// Frames written.
+    ready: AtomicUsize,
+    /// Frames to have before playing starts, so it never runs dry.
+    start_at: AtomicUsize,
+    /// No more frames will come (finished, failed or cancelled).
+    done: AtomicBool,
+}
+
+impl GrowingClip {
+    /// Room for `frames` frames. Allocates: never on the audio thread.
+    pub fn new(take: TakeKey, frames: usize, channels: usize) -> Arc<Self> {
+        let channels = channels.clamp(1, 2);
+        Arc::new(Self {
+            take,
+            samples: (0..frames * channels).map(|_| AtomicU32::new(0)).collect(),
+            channels,
+            ready: AtomicUsize::new(0),
+            start_at: AtomicUsize::new(usize::MAX),
+            done: AtomicBool::new(false),
+        })
+    }
+
+    /// Its length in frames when complete.
+    pub fn capacity(&self) -> usize {
+        self.samples.len() / self.channels
+    }
+
+    pub fn ready(&self) -> usize {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn start_at(&self) -> usize {
+        self.start_at.load(Ordering::Relaxed)
+    }
+
+    pub fn set_start_at(&self, frames: usize) {
+        self.start_at.store(frames, Ordering::Relaxed);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Marks the end: nothing more will be written.
+    pub fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+    }
+
+    /// Appends interleaved frames (the writer's side); what does not fit is
+    /// dropped. Returns the frames written.
+    pub fn write(&self, frames: &[f32]) -> usize {
+        let at = self.ready.load(Ordering::Relaxed);
+        let n = (frames.len() / self.channels).min(self.capacity() - at);
+        for (i, s) in frames[..n * self.channels].iter().enumerate() {
+            self.samples[at * self.channels + i].store(s.to_bits(), Ordering::Relaxed);
+        }
+        self.ready.store(at + n, Ordering::Release);
+        n
+    }
+
+    /// The left and right sample of frame `i` (below [`GrowingClip::ready`]).
+    #[inline]
+    pub fn frame(&self, i: usize) -> (f32, f32) {
+        let s = |j: usize| f32::from_bits(self.samples[j].load(Ordering::Relaxed));
+        if self.channels == 2 {
+            (s(2 * i), s(2 * i + 1))
+        } else {
+            let v = s(i);
+            (v, v)
+        }
+    }
+}
+
+/// Resamples a stream of interleaved pieces by linear interpolation, keeping
+/// its place between pieces (the preview of a take being made; the finished
+/// take is resampled properly).
+#[derive(Debug)]
+pub struct LinearResampler {
+    ratio: f64,
+    channels: usize,
+    /// Position of the next output frame, in input frames from `prev`.
+    pos: f64,
+    /// The last input frame of the previous piece.
+    prev: Option<Vec<f32>>,
+}
+
+impl LinearResampler {
+    pub fn new(from: u32, to: u32, channels: usize) -> Self {
+        Self {
+            ratio: from as f64 / to.max(1) as f64,
+            channels: channels.max(1),
+            pos: 0.0,
+            prev: None,
+        }
+    }
+
+    /// The output frames this piece completes, interleaved.
+    pub fn process(&mut self, piece: &[f32]) -> Vec<f32> {
+        let ch = self.channels;
+        let mut input: Vec<f32> = self.prev.take().unwrap_or_default();
+        input.extend_from_slice(piece);
+        let frames = input.len() / ch;
+        let mut out = Vec::new();
+        while frames >= 2 && self.pos + 1.0 < frames as f64 {
+            let i = self.pos.floor() as usize;
+            let t = (self.pos - i as f64) as f32;
+            for c in 0..ch {
+                let a = input[i * ch + c];
+                let b = input[(i + 1) * ch + c];
+                out.push(a + (b - a) * t);
+            }
+            self.pos += self.ratio;
+        }
+        // Keep the last frame; positions count from it next time.
+        if frames >= 1 {
+            self.pos -= (frames - 1) as f64;
+            self.prev = Some(input[(frames - 1) * ch..].to_vec());
+        }
+        out
+    }
+}
 
 /// A take at the host's sample rate, ready for the audio thread. Immutable once
 /// built; shared by `Arc` and always dropped off the audio thread.
@@ -191,6 +323,37 @@ mod tests {
         assert_eq!(clip.len(), 500);
         let (l, r) = clip.frame(100);
         assert_eq!((l, r), (left[100], right[100]));
+    }
+
+    #[test]
+    fn a_growing_clip_is_read_up_to_what_is_written() {
+        let g = GrowingClip::new(TakeKey(1), 4, 2);
+        assert_eq!((g.capacity(), g.ready()), (4, 0));
+        assert_eq!(g.write(&[1.0, -1.0, 2.0, -2.0]), 2);
+        assert_eq!((g.ready(), g.frame(1)), (2, (2.0, -2.0)));
+        assert_eq!(
+            g.write(&[3.0, -3.0, 4.0, -4.0, 5.0, -5.0]),
+            2,
+            "no room past the end"
+        );
+        assert!(!g.is_done());
+        g.finish();
+        assert!(g.is_done());
+    }
+
+    #[test]
+    fn linear_resampling_in_pieces_is_one_continuous_line() {
+        // A ramp at 32 kHz to 48 kHz in uneven pieces: still a ramp.
+        let input: Vec<f32> = (0..3200).map(|i| i as f32).collect();
+        let mut r = LinearResampler::new(32_000, 48_000, 1);
+        let mut out = Vec::new();
+        for piece in input.chunks(777) {
+            out.extend(r.process(piece));
+        }
+        assert!((out.len() as i64 - 4800).abs() <= 2, "{}", out.len());
+        for (i, v) in out.iter().enumerate() {
+            assert!((v - i as f32 * 32.0 / 48.0).abs() < 1e-3, "{i}: {v}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::capture::Capture;
-use crate::clip::Clip;
+use crate::clip::{Clip, GrowingClip};
 
 /// Capacity of the queue to the audio thread, and of the return queue.
 pub const QUEUE_CAPACITY: usize = 64;
@@ -25,6 +25,8 @@ pub enum AudioCommand {
     Capture(Box<Capture>),
     /// Stop the recording and hand it back unfinished.
     CancelCapture,
+    /// Play a take while it is being made, from its start, as it grows.
+    PreviewGrowing(Arc<GrowingClip>),
 }
 
 /// The audio thread's end: it pops commands and pushes back the clips it lets
@@ -33,9 +35,15 @@ pub struct PlayerEnd {
     commands: rtrb::Consumer<AudioCommand>,
     returns: rtrb::Producer<Arc<Clip>>,
     captures: rtrb::Producer<Box<Capture>>,
+    growing: rtrb::Producer<Arc<GrowingClip>>,
 }
 
 impl PlayerEnd {
+    /// Hands a growing clip back; gives it back when the queue is full.
+    pub fn give_back_growing(&mut self, g: Arc<GrowingClip>) -> Result<(), Arc<GrowingClip>> {
+        self.growing.push(g).map_err(|rtrb::PushError::Full(g)| g)
+    }
+
     pub fn next_command(&mut self) -> Option<AudioCommand> {
         self.commands.pop().ok()
     }
@@ -63,6 +71,7 @@ pub struct ControlEnd {
     commands: Mutex<rtrb::Producer<AudioCommand>>,
     returns: Mutex<rtrb::Consumer<Arc<Clip>>>,
     captures: Mutex<rtrb::Consumer<Box<Capture>>>,
+    growing: Mutex<rtrb::Consumer<Arc<GrowingClip>>>,
 }
 
 impl ControlEnd {
@@ -82,6 +91,11 @@ impl ControlEnd {
         let mut n = 0;
         while let Ok(clip) = rx.pop() {
             drop(clip);
+            n += 1;
+        }
+        let mut growing = self.growing.lock();
+        while let Ok(g) = growing.pop() {
+            drop(g);
             n += 1;
         }
         n
@@ -111,16 +125,19 @@ pub fn handoff(commands: usize, returns: usize) -> (PlayerEnd, ControlEnd) {
     let (commands_tx, commands_rx) = rtrb::RingBuffer::new(commands);
     let (returns_tx, returns_rx) = rtrb::RingBuffer::new(returns);
     let (captures_tx, captures_rx) = rtrb::RingBuffer::new(4);
+    let (growing_tx, growing_rx) = rtrb::RingBuffer::new(8);
     (
         PlayerEnd {
             commands: commands_rx,
             returns: returns_tx,
             captures: captures_tx,
+            growing: growing_tx,
         },
         ControlEnd {
             commands: Mutex::new(commands_tx),
             returns: Mutex::new(returns_rx),
             captures: Mutex::new(captures_rx),
+            growing: Mutex::new(growing_rx),
         },
     )
 }

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use musicgen::{DeviceChoice, HubOptions, ModelSource, MusicGen, Precision, Progress};
 
-use crate::clip::{make_loop_interleaved, LOOP_CROSSFADE_S};
+use crate::clip::{make_loop_interleaved, GrowingClip, LinearResampler, LOOP_CROSSFADE_S};
 use crate::error::{PluginError, Result};
+use crate::handoff::AudioCommand;
 use crate::request::{Job, JobStage};
 use crate::store::{FinishedTake, IoMsg};
 use crate::take::TakeSource;
@@ -154,7 +155,7 @@ fn run_job(owner: &Owner, job: &Arc<Job>, cache: &mut ModelCache, io: &Sender<Io
         job_cancelled(job);
         return;
     }
-    match compute_loop(job, cache) {
+    match compute_loop(owner, job, cache) {
         Ok(finished) => {
             job.set_stage(JobStage::Saving);
             let _ = io.send(IoMsg::Finished {
@@ -188,7 +189,7 @@ pub(crate) fn job_failed(owner: &Owner, job: &Job, error: PluginError) {
 /// model's rate. A little more than the loop is generated, to crossfade the
 /// seam with what followed it. A continuation is cut to the planned length
 /// with no crossfade: its first sample follows the original's last.
-fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
+fn compute_loop(owner: &Owner, job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
     let model = cache.model_for(job)?;
     let rate = model.sample_rate();
     let hop = model.hop_length();
@@ -205,6 +206,27 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
         .clamp(1, musicgen::request::MAX_TOTAL_FRAMES);
     let mut request = job.request.clone();
     request.frames = frames;
+    // Heard while it is made: the pieces go, resampled, into a clip the audio
+    // thread plays as it grows (an audio prompt's kept part, 12 s at most, first).
+    let mut hearing = match owner.upgrade() {
+        Some(i) if job.plan.hear_while_made && i.host_rate() > 0 => {
+            let host = i.host_rate();
+            let prompt = if request.audio_prompt.is_some() {
+                600
+            } else {
+                0
+            };
+            let samples = (frames + prompt) * hop;
+            let capacity = (samples as u64 * host as u64).div_ceil(rate as u64) as usize + 2;
+            let channels = model.channels();
+            let clip = GrowingClip::new(job.take_id.key(), capacity, channels);
+            i.audio().send(AudioCommand::PreviewGrowing(clip.clone()));
+            Some((clip, LinearResampler::new(rate, host, channels)))
+        }
+        _ => None,
+    };
+    let real_time = model.frame_rate();
+    let started = Instant::now();
     let generation = model.generate(
         &request,
         &mut |p| match p {
@@ -212,12 +234,32 @@ fn compute_loop(job: &Job, cache: &mut ModelCache) -> Result<FinishedTake> {
                 job.set_stage(JobStage::EncodingText)
             }
             Progress::Window { index, count } => job.set_window(index, count),
-            Progress::Step { step, total } => job.set_step(step, total),
+            Progress::Step { step, total } => {
+                job.set_step(step, total);
+                if let Some((clip, _)) = &hearing {
+                    // Slower than real time, playing waits for a lead that
+                    // lets it end as the take does (and 10 % more).
+                    let speed = job
+                        .progress()
+                        .steps_per_s
+                        .max(step as f64 / started.elapsed().as_secs_f64().max(1e-3));
+                    let short = (1.0 - speed / real_time).max(0.0);
+                    clip.set_start_at((clip.capacity() as f64 * (short * 1.1).min(1.0)) as usize);
+                }
+            }
+            Progress::Audio { pcm, .. } => {
+                if let Some((clip, resampler)) = &mut hearing {
+                    clip.write(&resampler.process(&pcm));
+                }
+            }
             Progress::DecodingAudio => job.set_stage(JobStage::DecodingAudio),
             _ => {}
         },
         job.cancel_flag(),
     );
+    if let Some((clip, _)) = &hearing {
+        clip.finish();
+    }
     cache.last_used = Some(Instant::now());
     let generation = generation?;
     let channels = generation.channels;

@@ -168,6 +168,7 @@ impl Instance {
         let id = TakeId::new();
         let file = takes_folder(settings.data_folder.as_deref()).join(format!("{id}.wav"));
         let mut plan = TakePlan::for_length(settings.length, self.host.time(), file)?;
+        plan.hear_while_made = settings.hear_while_made;
         let mut request = request_for(&settings)?;
         self.add_melody(&mut request, &mut plan, settings.melody.as_ref())?;
         self.session.write().remember_prompt(&settings.prompt);
@@ -205,6 +206,7 @@ impl Instance {
         let id = TakeId::new();
         let file = takes_folder(settings.data_folder.as_deref()).join(format!("{id}.wav"));
         let mut plan = TakePlan::for_length(settings.length, time, file)?;
+        plan.hear_while_made = settings.hear_while_made;
         let mut request = request_for(&settings)?;
         self.add_melody(&mut request, &mut plan, settings.melody.as_ref())?;
         plan.source = TakeSource::Continuation {
@@ -398,6 +400,7 @@ impl Instance {
             file: folder.join(format!("{id}.wav")),
             source: meta.source.clone(),
             melody: None,
+            hear_while_made: self.session.read().settings().hear_while_made,
         };
         let mut request = meta.request;
         // The audio it was made from is not in the request: take it again.

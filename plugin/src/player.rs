@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nice_plug::prelude::Enum;
 
 use crate::capture::{Capture, CaptureState};
-use crate::clip::Clip;
+use crate::clip::{Clip, GrowingClip};
 use crate::handoff::{AudioCommand, PlayerEnd};
 use crate::take::TakeKey;
 
@@ -148,6 +148,22 @@ pub struct ClipPlayer {
     capture: Option<Box<Capture>>,
     /// A finished recording the capture queue had no room for yet.
     capture_out: Option<Box<Capture>>,
+    /// A take playing while it is made.
+    growing: GrowingVoice,
+    /// A growing clip the queue had no room for yet.
+    growing_out: Option<Arc<GrowingClip>>,
+}
+
+/// Plays a [`GrowingClip`]: waits until it holds enough to never run dry,
+/// then plays it through, holding (silent) should it ever catch up.
+#[derive(Default)]
+struct GrowingVoice {
+    clip: Option<Arc<GrowingClip>>,
+    pos: usize,
+    started: bool,
+    gain: f32,
+    /// Fading out, to stop.
+    stopping: bool,
 }
 
 impl ClipPlayer {
@@ -168,6 +184,8 @@ impl ClipPlayer {
             midi_note: None,
             capture: None,
             capture_out: None,
+            growing: GrowingVoice::default(),
+            growing_out: None,
         };
         player.set_sample_rate(48_000.0);
         player
@@ -234,6 +252,67 @@ impl ClipPlayer {
         self.capture_out.take().or_else(|| self.capture.take())
     }
 
+    fn give_back_growing(&mut self, g: Arc<GrowingClip>) {
+        if let Err(g) = self.queues.give_back_growing(g) {
+            if let Some(old) = self.growing_out.replace(g) {
+                std::mem::forget(old);
+            }
+        }
+    }
+
+    /// Adds the growing take into `left`/`right` (mixed into `left` alone
+    /// when there is no `right`).
+    fn render_growing(&mut self, left: &mut [f32], mut right: Option<&mut [f32]>) {
+        if let Some(g) = self.growing_out.take() {
+            self.give_back_growing(g);
+        }
+        let step = self.fade_step;
+        let v = &mut self.growing;
+        let Some(clip) = v.clip.as_ref() else {
+            return;
+        };
+        let ready = clip.ready();
+        let done = clip.is_done();
+        if !v.started && (ready >= clip.start_at().min(clip.capacity()) || done) && ready > 0 {
+            v.started = true;
+        }
+        let mut finished = false;
+        if v.started {
+            for (i, o) in left.iter_mut().enumerate() {
+                if v.pos >= ready {
+                    // Caught up: the rest comes later (or never, when done).
+                    finished = done;
+                    break;
+                }
+                v.gain = if v.stopping {
+                    (v.gain - step).max(0.0)
+                } else {
+                    (v.gain + step).min(1.0)
+                };
+                let (l, r) = clip.frame(v.pos);
+                match right.as_deref_mut() {
+                    Some(right) => {
+                        *o += l * v.gain;
+                        right[i] += r * v.gain;
+                    }
+                    None => *o += 0.5 * (l + r) * v.gain,
+                }
+                v.pos += 1;
+                if v.stopping && v.gain == 0.0 {
+                    finished = true;
+                    break;
+                }
+            }
+        } else if v.stopping || (done && ready == 0) {
+            finished = true;
+        }
+        if finished {
+            if let Some(g) = self.growing.clip.take() {
+                self.give_back_growing(g);
+            }
+        }
+    }
+
     fn hand_back(&mut self, capture: Box<Capture>) {
         if let Err(c) = self.queues.give_back_capture(capture) {
             // Tried again next block; should that slot be taken, the older one
@@ -278,12 +357,23 @@ impl ClipPlayer {
                 AudioCommand::Preview(clip) => {
                     self.move_to_tail(true);
                     self.start(true, clip, 0, false);
+                    // A preview asked for replaces the take being heard as it is made.
+                    self.growing.stopping = self.growing.clip.is_some();
                 }
                 AudioCommand::Capture(c) => {
                     if let Some(mut old) = self.capture.replace(c) {
                         old.cancelled = true;
                         self.hand_back(old);
                     }
+                }
+                AudioCommand::PreviewGrowing(g) => {
+                    if let Some(old) = self.growing.clip.replace(g) {
+                        self.give_back_growing(old);
+                    }
+                    self.growing.pos = 0;
+                    self.growing.started = false;
+                    self.growing.gain = 0.0;
+                    self.growing.stopping = false;
                 }
                 AudioCommand::CancelCapture => {
                     if let Some(mut old) = self.capture.take() {
@@ -348,6 +438,7 @@ impl ClipPlayer {
                 Self::release_into(&mut self.queues, &mut self.pending, done);
             }
         }
+        self.render_growing(left, right);
     }
 
     fn sync_loop(&mut self, t: &TransportView) {
@@ -628,6 +719,42 @@ mod tests {
         }
         assert_eq!(l, r, "a mono take sounds the same on both sides");
         assert!(l[49] > 0.0);
+    }
+
+    #[test]
+    fn a_growing_take_waits_for_its_lead_then_plays_as_it_grows() {
+        let (mut p, tx) = player();
+        let g = GrowingClip::new(TakeKey(3), 100, 1);
+        g.set_start_at(40);
+        assert!(tx.send(AudioCommand::PreviewGrowing(g.clone())));
+        p.begin_block(PlayMode::Midi, &stopped());
+        g.write(&[1.0; 30]);
+        let mut out = [0.0f32; 20];
+        p.render(&mut out, None);
+        assert!(out.iter().all(|s| *s == 0.0), "waits for 40 frames");
+        g.write(&[1.0; 20]);
+        p.render(&mut out, None);
+        assert!(
+            out[0] > 0.0 && out[19] == 1.0,
+            "plays once the lead is there: {out:?}"
+        );
+        let mut long = [0.0f32; 60];
+        p.render(&mut long, None);
+        // 50 written, 20 played: 30 more, then it holds.
+        assert_eq!(long[29], 1.0);
+        assert_eq!(long[30], 0.0, "holds where the writing is");
+        g.write(&[1.0; 50]);
+        g.finish();
+        p.render(&mut long, None);
+        p.render(&mut long, None);
+        assert!(tx.pop_returned().is_none());
+        assert_eq!(
+            Arc::strong_count(&g),
+            2,
+            "handed back, not dropped on the audio thread"
+        );
+        assert_eq!(tx.collect_returns(), 1);
+        assert_eq!(Arc::strong_count(&g), 1);
     }
 
     #[test]

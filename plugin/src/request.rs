@@ -41,6 +41,8 @@ pub struct TakePlan {
     pub source: TakeSource,
     /// The melody it follows (melody models).
     pub melody: Option<MelodySource>,
+    /// Play it while it is made (the pieces as they come).
+    pub hear_while_made: bool,
 }
 
 impl TakePlan {
@@ -57,6 +59,7 @@ impl TakePlan {
                 file,
                 source: TakeSource::Text,
                 melody: None,
+                hear_while_made: false,
             },
             Length::Bars(bars) => {
                 let tempo = host.tempo.unwrap_or(FALLBACK_TEMPO);
@@ -69,6 +72,7 @@ impl TakePlan {
                     file,
                     source: TakeSource::Text,
                     melody: None,
+                    hear_while_made: false,
                 }
             }
         };

@@ -435,6 +435,8 @@ impl PluginUnderTest {
             s["device"] = "cpu".into();
             s["length"] = length;
             s["seed"] = seed.into();
+            // Tests that want a take heard while it is made turn it on.
+            s["hear_while_made"] = false.into();
         });
     }
 

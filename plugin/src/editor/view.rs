@@ -362,6 +362,14 @@ fn draw_generate(ui: &mut Ui, model: &mut EditorModel) {
         if ui.add_enabled(busy, egui::Button::new("Cancel")).clicked() {
             model.act(EditorAction::CancelAll);
         }
+        let mut settings = model.instance.session().settings().clone();
+        if ui
+            .checkbox(&mut settings.hear_while_made, "Hear it while it is made")
+            .on_hover_text("Play each take from its first second of audio while the rest is generated (waiting, when generation is slower than real time, until it cannot run dry)")
+            .changed()
+        {
+            model.act(EditorAction::Settings(settings));
+        }
     });
     draw_activity(ui, activity);
     draw_capture(ui, model);

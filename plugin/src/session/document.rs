@@ -176,6 +176,7 @@ fn decode_settings(obj: &Map<String, Value>, s: &mut Settings, report: &mut Vec<
     field(obj, "seed", &mut s.seed, report);
     field(obj, "data_folder", &mut s.data_folder, report);
     field(obj, "melody", &mut s.melody, report);
+    field(obj, "hear_while_made", &mut s.hear_while_made, report);
 }
 
 #[cfg(test)]

@@ -50,6 +50,13 @@ pub struct Settings {
     /// The melody the next takes follow (melody models only); `None`: none.
     #[serde(default)]
     pub melody: Option<MelodySource>,
+    /// Play each take while it is made, from its first second of audio.
+    #[serde(default = "yes")]
+    pub hear_while_made: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for Settings {
@@ -67,6 +74,7 @@ impl Default for Settings {
             seed: None,
             data_folder: None,
             melody: None,
+            hear_while_made: true,
         }
     }
 }
