@@ -512,6 +512,12 @@ fn a_take_is_heard_while_it_is_made() {
         let [l, r] = p.process(512, &[], None);
         assert!(l.iter().chain(r).all(|s| s.is_finite()));
         let n = l.iter().filter(|s| **s != 0.0).count();
+        if heard == 0 && n > 0 {
+            eprintln!(
+                "first sound {:?} after the generate note (tiny model, f32)",
+                start.elapsed()
+            );
+        }
         heard += n;
         p.pump();
         let done = !p.takes().is_empty();

@@ -323,9 +323,17 @@ impl ClipPlayer {
         }
     }
 
-    /// What is sounding, for the editor's playhead: the preview if one plays,
-    /// else the Loop/MIDI voice.
+    /// What is sounding, for the editor's playhead: the take being made if it
+    /// plays, else the preview if one plays, else the Loop/MIDI voice.
     pub fn playhead(&self) -> Option<PlayheadPosition> {
+        if let Some(g) = self.growing.clip.as_ref().filter(|_| self.growing.started) {
+            // The take being made: its waveform shows once it is saved.
+            return Some(PlayheadPosition {
+                take: g.take,
+                pos: self.growing.pos,
+                len: g.capacity(),
+            });
+        }
         let v = if self.preview.active() {
             &self.preview
         } else {
