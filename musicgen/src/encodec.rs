@@ -332,12 +332,12 @@ impl Lstm {
 }
 
 impl Lstm {
-    /// [`Module::forward`] over one stretch of time for batch 1, carrying the
-    /// recurrent state (`h`, `c` per layer, `(1, hidden)`) from the stretch
-    /// before: the decoder runs the take in units this way.
+    /// The LSTM over one stretch of time `x` (batch, channels, time), carrying
+    /// the recurrent state (`h`, `c` per layer, `(batch, hidden)`; empty: zeros)
+    /// from the stretch before: the decoder runs the take in units this way.
     fn forward_carrying(&self, x: &Tensor, state: &mut Vec<(Tensor, Tensor)>) -> Result<Tensor> {
         let (b, c, t) = x.dims3()?;
-        let input = x.transpose(1, 2)?.contiguous()?; // (1, t, c)
+        let input = x.transpose(1, 2)?.contiguous()?; // (b, t, c)
         let mut seq = input.clone();
         let hd = self.hidden;
         if state.is_empty() {
@@ -349,9 +349,11 @@ impl Lstm {
             }
         }
         for ((w_ih, w_hh, bias), (h, cell)) in self.layers.iter().zip(state.iter_mut()) {
-            let gates_x = seq.broadcast_matmul(w_ih)?.broadcast_add(bias)?; // (1, t, 4h)
+            // The input projection for every step at once; only the recurrence loops.
+            let gates_x = seq.broadcast_matmul(w_ih)?.broadcast_add(bias)?; // (b, t, 4h)
             let mut outputs = Vec::with_capacity(t);
             for step in 0..t {
+                // One row times W_hhᵀ per step: the streaming product (see gemv).
                 let hw = match crate::gemv::try_small_matmul(
                     crate::gemv::ComputeThreads::Rayon,
                     h,
@@ -377,41 +379,9 @@ impl Lstm {
 }
 
 impl Module for Lstm {
-    /// `x`: (batch, channels, time).
+    /// `x`: (batch, channels, time), from a zero state.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, t) = x.dims3()?;
-        let input = x.transpose(1, 2)?.contiguous()?; // (b, t, c)
-        let mut seq = input.clone();
-        let hd = self.hidden;
-        for (w_ih, w_hh, bias) in &self.layers {
-            // The input projection for every step at once; only the recurrence loops.
-            let gates_x = seq.broadcast_matmul(w_ih)?.broadcast_add(bias)?; // (b, t, 4h)
-            let mut h = Tensor::zeros((b, hd), x.dtype(), x.device())?;
-            let mut cell = Tensor::zeros((b, hd), x.dtype(), x.device())?;
-            let mut outputs = Vec::with_capacity(t);
-            for step in 0..t {
-                // One row times W_hhᵀ per step: the streaming product (see gemv).
-                let hw = match crate::gemv::try_small_matmul(
-                    crate::gemv::ComputeThreads::Rayon,
-                    &h,
-                    w_hh,
-                )? {
-                    Some(y) => y,
-                    None => h.matmul(&w_hh.t()?)?,
-                };
-                let gates = (gates_x.narrow(1, step, 1)?.squeeze(1)? + hw)?;
-                let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hd)?)?;
-                let f = candle_nn::ops::sigmoid(&gates.narrow(1, hd, hd)?)?;
-                let g = gates.narrow(1, 2 * hd, hd)?.tanh()?;
-                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hd, hd)?)?;
-                cell = ((f * &cell)? + (i * g)?)?;
-                h = (o * cell.tanh()?)?;
-                outputs.push(h.clone());
-            }
-            seq = Tensor::stack(&outputs, 1)?;
-        }
-        debug_assert_eq!(seq.dims3()?, (b, t, c));
-        (seq + input)?.transpose(1, 2)
+        self.forward_carrying(x, &mut Vec::new())
     }
 }
 
