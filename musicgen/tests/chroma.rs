@@ -12,7 +12,6 @@ mod common;
 use common::{model_dir, Reference};
 use musicgen::chroma::{
     argmax_with_margin, chroma_from_audio, chroma_from_notes, classes, raw_chroma, ChromaConfig,
-    Note,
 };
 use musicgen::request::Pcm;
 
@@ -56,16 +55,7 @@ fn chroma_matches_the_feature_extractor() {
 fn the_reference_melody_and_its_notes_agree_away_from_note_edges() {
     let r = Reference::load("tiny-melody");
     let config = ChromaConfig::default();
-    let notes: Vec<Note> = r.meta["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| Note {
-            start_s: n[0].as_f64().unwrap(),
-            end_s: n[1].as_f64().unwrap(),
-            pitch: n[2].as_u64().unwrap() as u8,
-        })
-        .collect();
+    let notes = r.notes();
     let want = reference_classes(&r, "chroma.sine.features");
     let got = classes(&chroma_from_notes(&config, &notes, want.len()).unwrap());
     let reach = (config.n_fft / 2) as f64 / config.sampling_rate as f64;

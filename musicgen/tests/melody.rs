@@ -39,19 +39,6 @@ fn signal(r: &Reference, key: &str) -> Melody {
     Melody::Audio(Pcm::mono(r.floats(&format!("chroma.{key}.audio")), 32_000))
 }
 
-fn reference_notes(r: &Reference) -> Vec<Note> {
-    r.meta["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| Note {
-            start_s: n[0].as_f64().unwrap(),
-            end_s: n[1].as_f64().unwrap(),
-            pitch: n[2].as_u64().unwrap() as u8,
-        })
-        .collect()
-}
-
 #[test]
 fn greedy_codes_and_audio_match_the_reference() {
     let r = Reference::load("tiny-melody");
@@ -115,7 +102,7 @@ fn the_reference_chroma_gives_the_same_codes_through_the_conditioning_api() {
 fn a_melody_from_notes_conditions_as_its_chroma_does() {
     let r = Reference::load("tiny-melody");
     let mut model = load("tiny-melody");
-    let notes = reference_notes(&r);
+    let notes = r.notes();
     let melody = Melody::Notes {
         notes: notes.clone(),
         duration_s: 4.0,
@@ -258,7 +245,7 @@ fn bad_melodies_are_named_errors() {
         ),
         (
             Melody::Notes {
-                notes: reference_notes(&r),
+                notes: r.notes(),
                 duration_s: 0.0,
             },
             "more than 0 s",

@@ -87,6 +87,20 @@ impl Reference {
             .unwrap()
     }
 
+    /// The melody's notes the melody fixture was rendered from.
+    pub fn notes(&self) -> Vec<musicgen::chroma::Note> {
+        self.meta["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| musicgen::chroma::Note {
+                start_s: n[0].as_f64().unwrap(),
+                end_s: n[1].as_f64().unwrap(),
+                pitch: n[2].as_u64().unwrap() as u8,
+            })
+            .collect()
+    }
+
     pub fn prompt(&self) -> String {
         self.meta["prompt"].as_str().unwrap().to_string()
     }
