@@ -20,13 +20,16 @@ use rayon::prelude::*;
 
 use crate::config::DecoderConfig;
 use crate::gemv::ComputeThreads;
+use crate::qgemv::PackedMatrix;
 
-/// A bias-free projection: a float matrix, or a quantized one (candle's quantized
-/// matmul). A matrix whose inner size is not a multiple of the format's block
-/// size stays in float.
+/// A bias-free projection: a float matrix, or a quantized one (the engine's own
+/// kernels for q4k and q8_0 on the CPU, candle's quantized matmul otherwise). A
+/// matrix whose inner size is not a multiple of the format's block size stays in
+/// float.
 #[derive(Debug, Clone)]
 pub(crate) enum Proj {
     Dense(Linear),
+    Packed(std::sync::Arc<PackedMatrix>),
     Quantized(QMatMul),
 }
 
@@ -62,9 +65,9 @@ impl Quantizer {
         &self,
         name: &str,
         weight: impl FnOnce() -> Result<Tensor>,
-    ) -> Result<std::result::Result<QMatMul, Tensor>> {
+    ) -> Result<std::result::Result<std::sync::Arc<QTensor>, Tensor>> {
         if let Some(q) = self.cached.get(name) {
-            return Ok(Ok(QMatMul::from_arc(q.clone())?));
+            return Ok(Ok(q.clone()));
         }
         let weight = weight()?;
         if weight.dim(1)? % self.dtype.block_size() != 0 {
@@ -78,7 +81,7 @@ impl Quantizer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((name.to_string(), q.clone()));
-        Ok(Ok(QMatMul::from_arc(q)?))
+        Ok(Ok(q))
     }
 }
 
@@ -91,7 +94,13 @@ impl Proj {
     ) -> Result<Self> {
         match quant {
             Some(q) => match q.get(name, weight)? {
-                Ok(m) => Ok(Proj::Quantized(m)),
+                Ok(m) => match m.device().is_cpu() {
+                    true => match PackedMatrix::from_qtensor(&m)? {
+                        Some(p) => Ok(Proj::Packed(std::sync::Arc::new(p))),
+                        None => Ok(Proj::Quantized(QMatMul::from_arc(m)?)),
+                    },
+                    false => Ok(Proj::Quantized(QMatMul::from_arc(m)?)),
+                },
                 Err(w) => Ok(Proj::Dense(Linear::new(w, None))),
             },
             None => Ok(Proj::Dense(Linear::new(weight()?, None))),
@@ -112,6 +121,7 @@ impl Proj {
     pub(crate) fn weight_bytes(&self) -> usize {
         match self {
             Proj::Dense(l) => l.weight().elem_count() * l.weight().dtype().size_in_bytes(),
+            Proj::Packed(p) => p.size_in_bytes(),
             Proj::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             Proj::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.elem_count() * t.dtype().size_in_bytes()
@@ -133,6 +143,7 @@ impl Module for Proj {
             // A prefill of many rows (an audio prompt, a window's tail): candle's
             // quantized kernel runs one dot product per row and column there, far
             // slower than dequantizing the matrix once and multiplying in f32.
+            Proj::Packed(p) => packed_forward(p, x),
             Proj::Quantized(QMatMul::QTensor(q)) if rows(x) > PREFILL_ROWS => {
                 let w = q.dequantize(x.device())?;
                 x.to_dtype(DType::F32)?
@@ -146,6 +157,28 @@ impl Module for Proj {
 
 /// Rows past which a quantized projection dequantizes its matrix instead.
 const PREFILL_ROWS: usize = 16;
+
+/// `x · pᵀ`: a decoder step's few rows by the quantized kernels, a prefill's many
+/// by the dequantized matrix in f32.
+fn packed_forward(p: &PackedMatrix, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = p.dims();
+    let m = rows(x);
+    let mut out_dims = x.dims().to_vec();
+    if out_dims.last() != Some(&k) {
+        candle_core::bail!("input {:?} does not match a {n}x{k} matrix", x.dims());
+    }
+    *out_dims.last_mut().expect("x has a last dim") = n;
+    if (1..=crate::qgemv::MAX_ROWS).contains(&m) {
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut y = vec![0f32; m * n];
+        p.matmul(&xs, m, &mut y);
+        return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
+    }
+    let w = Tensor::from_vec(p.dequantize(), (n, k), x.device())?;
+    x.to_dtype(DType::F32)?
+        .broadcast_matmul(&w.t()?)?
+        .to_dtype(x.dtype())
+}
 
 /// Rows of activations: every dimension but the last.
 fn rows(x: &Tensor) -> usize {
@@ -700,9 +733,9 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (96, 64), &dev).unwrap();
         let q = Quantizer::new(GgmlDType::Q8_0, Default::default());
         let p = Proj::from_weight("w", || Ok(w.clone()), Some(&q)).unwrap();
-        assert!(matches!(p, Proj::Quantized(_)));
+        assert!(matches!(p, Proj::Packed(_)));
         let x = Tensor::randn(0f32, 1.0, (2, 20, 64), &dev).unwrap();
-        // 40 rows: the dequantizing path; one row at a time: candle's kernel.
+        // 40 rows: the dequantizing path; one row at a time: the quantized kernel.
         let all = p.forward(&x).unwrap();
         let by_row: Vec<Tensor> = (0..20)
             .map(|i| {

@@ -37,6 +37,7 @@ pub mod hub;
 #[cfg(feature = "bench")]
 pub mod metrics;
 pub mod model;
+pub mod qgemv;
 pub mod request;
 pub mod sampling;
 pub mod wav;

@@ -56,18 +56,85 @@ pub(crate) struct BenchArgs {
 
     /// Undo optimisations to measure them, comma-separated: kv-concat (grow the KV
     /// cache by concatenation), cross-kv-every-step (recompute the prompt's keys and
-    /// values at every step).
+    /// values at every step), kernel-scalar / kernel-avx2 / kernel-avx512 (run the
+    /// quantized kernels at that level instead of the CPU's best).
     #[arg(long, value_delimiter = ',')]
     ablate: Vec<String>,
+
+    /// Only time the quantized kernels: one decoder layer's products (musicgen-small
+    /// shapes, 2 rows) with candle's quantized matmul and each kernel level this CPU
+    /// runs, in ms and GB/s.
+    #[arg(long)]
+    kernels: bool,
 
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
 }
 
+/// The CPU's model name (Linux), for the report.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn kernels(args: &BenchArgs) -> Result<()> {
+    let threads = args.threads.unwrap_or(0);
+    if threads > 0 {
+        bail!("--kernels runs on candle's CPU workers (set RAYON_NUM_THREADS to change them)");
+    }
+    eprintln!(
+        "kernels      musicgen-small decoder layers (qkv, out, cross q, cross out, fc1, fc2; 12 in turn, from memory), 2 rows, {} ({}), {} threads",
+        cpu_name(),
+        musicgen::qgemv::Level::detected().name(),
+        candle_core::utils::get_num_threads()
+    );
+    let rows = musicgen::bench::kernel_table(1024, 4096, 2, 12, 20);
+    eprintln!("  format  kernel        ms/layer    GB/s");
+    for r in &rows {
+        eprintln!(
+            "  {:<6}  {:<12}  {:>8.3}  {:>6.1}",
+            format!("{:?}", r.format).to_lowercase(),
+            r.kernel,
+            r.layer_ms,
+            r.gb_per_s
+        );
+    }
+    if args.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "format": format!("{:?}", r.format).to_lowercase(),
+                    "kernel": r.kernel,
+                    "layer_ms": r.layer_ms,
+                    "gb_per_s": r.gb_per_s,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "cpu": cpu_name(), "kernels": rows })
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
     use musicgen::bench::{current_rss, median_ms, peak_rss, read_bandwidth, reset_peak_rss};
+    use musicgen::qgemv::{set_level, Level};
     use musicgen::CodeSource;
+
+    if args.kernels {
+        return kernels(&args);
+    }
 
     let source = ModelSource::parse(&args.model);
     let threads = args.threads.unwrap_or_else(|| {
@@ -102,7 +169,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         match a.as_str() {
             "kv-concat" => ablation.kv_concat = true,
             "cross-kv-every-step" => ablation.cross_kv_every_step = true,
-            other => bail!("unknown --ablate \"{other}\" (kv-concat, cross-kv-every-step)"),
+            "kernel-scalar" => set_level(Level::Scalar),
+            "kernel-avx2" => set_level(Level::Avx2),
+            "kernel-avx512" => set_level(Level::Avx512),
+            other => bail!(
+                "unknown --ablate \"{other}\" (kv-concat, cross-kv-every-step, kernel-scalar, kernel-avx2, kernel-avx512)"
+            ),
         }
     }
     model.set_ablation(ablation);
@@ -178,6 +250,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         args.precision,
         threads,
         model.device()
+    );
+    eprintln!(
+        "cpu          {} (quantized kernels: {})",
+        cpu_name(),
+        musicgen::qgemv::level().name()
     );
     eprintln!(
         "audio        {frames} frames = {audio_s:.2} s, guidance {}, top-k {}",
@@ -293,6 +370,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             "impl": "promptloop",
             "precision": args.precision.name(),
             "device": format!("{:?}", model.device()),
+            "cpu": cpu_name(),
+            "kernel": musicgen::qgemv::level().name(),
             "load_s": load_s,
             "load_peak_rss_mb": mb(load_peak),
             "t5_ms": t5_ms,

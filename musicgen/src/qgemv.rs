@@ -1,0 +1,1131 @@
+//! Quantized weight matrices times a few activation rows, on the CPU, at memory speed.
+//!
+//! A decoder step multiplies one or two activation rows by every matrix: its cost is
+//! reading the weights once. The formats are ggml's q4k and q8_0 (the quantization,
+//! and so the quality, is unchanged), repacked at load into a layout the kernels read
+//! in straight lines:
+//!
+//! - **q4k**: per row, per 256-value block, the 4-bit values in 128 bytes ordered so
+//!   that every 4-byte lane of a vector holds values of one sub-block, sub-block
+//!   `lane % 8` (see [`q4k_pos`]): one vector of sub-block scales serves the whole
+//!   block, and the products of a block add up in 16 bits before one multiply by the
+//!   scales. Then the block's two f16 scales and eight 6-bit sub-block scales and mins
+//!   unpacked to bytes (20 bytes, against ggml's 16: 4.625 bits a weight, not 4.5);
+//! - **q8_0**: per row the 8-bit values plus 128 (so that VNNI's unsigned-by-signed
+//!   byte product takes them as they are; the 128 is taken back per block through
+//!   the activations' sums), then the f16 scale of each 32 values.
+//!
+//! The activation rows are quantized as ggml does for these formats (q8_K: one scale
+//! per 256 values, with sums per 32; q8_0: one scale per 32), and the products are
+//! integer dot products, scaled per block: the same arithmetic as ggml's and candle's
+//! `vec_dot`, in a different order of float additions.
+//!
+//! Three paths, chosen at run time: AVX-512 (F + BW, with VNNI's `vpdpwssd`/`vpdpbusd`
+//! where present), AVX2 + FMA + F16C, and a portable scalar one, which is also the
+//! reference the others are tested against.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Values per q4k block (ggml's `QK_K`).
+pub const Q4K_BLOCK: usize = 256;
+/// Values per q8_0 block.
+pub const Q8_0_BLOCK: usize = 32;
+/// Activation rows the kernels take at once.
+pub const MAX_ROWS: usize = 4;
+
+/// Bytes of one ggml q4k block: d, dmin (f16), 12 bytes of packed 6-bit scales, 128 of values.
+const GGML_Q4K_BYTES: usize = 144;
+/// Bytes of one ggml q8_0 block: d (f16), 32 values.
+const GGML_Q8_0_BYTES: usize = 34;
+
+/// Which kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Portable Rust, no SIMD intrinsics.
+    Scalar,
+    /// AVX2, FMA and F16C (256-bit).
+    Avx2,
+    /// AVX-512 F and BW (512-bit), without VNNI.
+    Avx512,
+    /// AVX-512 F, BW and VNNI.
+    Avx512Vnni,
+}
+
+impl Level {
+    /// The best this CPU runs.
+    pub fn detected() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("fma") && has!("f16c") {
+                return if has!("avx512vnni") {
+                    Level::Avx512Vnni
+                } else {
+                    Level::Avx512
+                };
+            }
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                return Level::Avx2;
+            }
+        }
+        Level::Scalar
+    }
+
+    /// Every level this CPU runs, slowest first.
+    pub fn available() -> Vec<Level> {
+        let best = Level::detected();
+        [Level::Scalar, Level::Avx2, Level::Avx512, Level::Avx512Vnni]
+            .into_iter()
+            .filter(|l| *l <= best)
+            .collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+            Level::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(c: u8) -> Option<Level> {
+        [Level::Scalar, Level::Avx2, Level::Avx512, Level::Avx512Vnni]
+            .into_iter()
+            .find(|l| l.code() == c)
+    }
+}
+
+/// 0: not chosen yet; else `Level::code`.
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+
+/// The level the engine uses: the CPU's best, unless [`set_level`] chose another.
+pub fn level() -> Level {
+    match Level::from_code(LEVEL.load(Ordering::Relaxed)) {
+        Some(l) => l,
+        None => {
+            let l = Level::detected();
+            LEVEL.store(l.code(), Ordering::Relaxed);
+            l
+        }
+    }
+}
+
+/// Makes the engine use `l` (a benchmark's ablation); a level the CPU lacks is
+/// lowered to the best it has.
+pub fn set_level(l: Level) {
+    LEVEL.store(l.min(Level::detected()).code(), Ordering::Relaxed);
+}
+
+/// A 64-byte line, so that rows of the packed values start on cache lines.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+/// Bytes on 64-byte alignment.
+struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    fn zeroed(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the lines are `len.div_ceil(64) * 64 >= len` plain bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+/// One q4k block's scales: `value = d * sc[s] * q - dmin * mn[s]` for sub-block `s`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Q4KMeta {
+    d: f16,
+    dmin: f16,
+    sc: [u8; 8],
+    mn: [u8; 8],
+}
+
+/// The quantized format of a [`PackedMatrix`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Q4K,
+    Q8_0,
+}
+
+/// An `n x k` weight matrix in q4k or q8_0, laid out for [`PackedMatrix::matmul`].
+pub struct PackedMatrix {
+    format: Format,
+    n: usize,
+    k: usize,
+    /// q4k: `k / 2` bytes a row; q8_0: `k` bytes a row (i8).
+    quants: AlignedBytes,
+    /// q4k: `k / 256` per row.
+    q4k_meta: Vec<Q4KMeta>,
+    /// q8_0: `k / 32` per row.
+    q8_scales: Vec<f16>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("format", &self.format)
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .finish()
+    }
+}
+
+/// ggml's unpacking of the 6-bit scale and min of sub-block `j` of a q4k block.
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+impl PackedMatrix {
+    /// Repacks a 2-D q4k or q8_0 matrix on the CPU; `None` for any other.
+    pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Option<Self>> {
+        let format = match q.dtype() {
+            GgmlDType::Q4K => Format::Q4K,
+            GgmlDType::Q8_0 => Format::Q8_0,
+            _ => return Ok(None),
+        };
+        let Ok((n, k)) = q.shape().dims2() else {
+            return Ok(None);
+        };
+        let data = q.data()?;
+        Ok(Self::from_ggml(format, n, k, &data))
+    }
+
+    /// Repacks ggml blocks (`n` rows of `k` values, row-major); `None` if the sizes
+    /// do not fit the format.
+    pub fn from_ggml(format: Format, n: usize, k: usize, data: &[u8]) -> Option<Self> {
+        match format {
+            Format::Q4K => {
+                if k == 0
+                    || !k.is_multiple_of(Q4K_BLOCK)
+                    || data.len() != n * k / Q4K_BLOCK * GGML_Q4K_BYTES
+                {
+                    return None;
+                }
+                let kb = k / Q4K_BLOCK;
+                let mut quants = AlignedBytes::zeroed(n * k / 2);
+                let mut meta = Vec::with_capacity(n * kb);
+                let out = quants.as_mut_slice();
+                for (b, block) in data.chunks_exact(GGML_Q4K_BYTES).enumerate() {
+                    let d = f16::from_le_bytes([block[0], block[1]]);
+                    let dmin = f16::from_le_bytes([block[2], block[3]]);
+                    let scales = &block[4..16];
+                    let qs = &block[16..];
+                    let mut m = Q4KMeta {
+                        d,
+                        dmin,
+                        ..Default::default()
+                    };
+                    for s in 0..8 {
+                        (m.sc[s], m.mn[s]) = scale_min_k4(s, scales);
+                    }
+                    meta.push(m);
+                    // ggml: 32-byte chunk c holds values 64c..64c+32 low, 64c+32.. high.
+                    let mut v = [0u8; Q4K_BLOCK];
+                    for c in 0..4 {
+                        for j in 0..32 {
+                            v[64 * c + j] = qs[32 * c + j] & 0x0F;
+                            v[64 * c + 32 + j] = qs[32 * c + j] >> 4;
+                        }
+                    }
+                    let dst = &mut out[b * 128..(b + 1) * 128];
+                    for (i, &v) in v.iter().enumerate() {
+                        let (byte, shift) = q4k_pos(i);
+                        dst[byte] |= v << shift;
+                    }
+                }
+                Some(Self {
+                    format,
+                    n,
+                    k,
+                    quants,
+                    q4k_meta: meta,
+                    q8_scales: Vec::new(),
+                })
+            }
+            Format::Q8_0 => {
+                if k == 0
+                    || !k.is_multiple_of(Q8_0_BLOCK)
+                    || data.len() != n * k / Q8_0_BLOCK * GGML_Q8_0_BYTES
+                {
+                    return None;
+                }
+                let mut quants = AlignedBytes::zeroed(n * k);
+                let mut scales = Vec::with_capacity(n * k / Q8_0_BLOCK);
+                let out = quants.as_mut_slice();
+                for (b, block) in data.chunks_exact(GGML_Q8_0_BYTES).enumerate() {
+                    scales.push(f16::from_le_bytes([block[0], block[1]]));
+                    for (o, &v) in out[b * 32..(b + 1) * 32].iter_mut().zip(&block[2..]) {
+                        *o = v ^ 0x80;
+                    }
+                }
+                Some(Self {
+                    format,
+                    n,
+                    k,
+                    quants,
+                    q4k_meta: Vec::new(),
+                    q8_scales: scales,
+                })
+            }
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// (rows, columns): `n` outputs of `k` inputs.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes one product reads.
+    pub fn size_in_bytes(&self) -> usize {
+        self.quants.len
+            + self.q4k_meta.len() * std::mem::size_of::<Q4KMeta>()
+            + self.q8_scales.len() * 2
+    }
+
+    /// The matrix in f32, `n x k` row-major, as candle dequantizes it.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut out = vec![0f32; n * k];
+        let q = self.quants.as_slice();
+        match self.format {
+            Format::Q4K => {
+                for (b, (m, y)) in self
+                    .q4k_meta
+                    .iter()
+                    .zip(out.chunks_exact_mut(Q4K_BLOCK))
+                    .enumerate()
+                {
+                    let (d, dmin) = (m.d.to_f32(), m.dmin.to_f32());
+                    let qs = &q[b * 128..(b + 1) * 128];
+                    for (i, y) in y.iter_mut().enumerate() {
+                        let s = i / 32;
+                        let v = q4k_value(qs, i);
+                        *y = d * m.sc[s] as f32 * v as f32 - dmin * m.mn[s] as f32;
+                    }
+                }
+            }
+            Format::Q8_0 => {
+                for (b, y) in out.chunks_exact_mut(Q8_0_BLOCK).enumerate() {
+                    let d = self.q8_scales[b].to_f32();
+                    for (y, &v) in y.iter_mut().zip(&q[b * 32..(b + 1) * 32]) {
+                        *y = d * ((v ^ 0x80) as i8) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `y = x · selfᵀ` for `m <= MAX_ROWS` rows `x` of length `k`: `y` is `m` rows of
+    /// `n`, split over candle's CPU workers (whose threads the engine's quantized
+    /// precisions run on).
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.matmul_at(level(), x, m, y, true)
+    }
+
+    /// [`PackedMatrix::matmul`] at a given level, optionally on the calling thread only.
+    pub fn matmul_at(&self, level: Level, x: &[f32], m: usize, y: &mut [f32], parallel: bool) {
+        assert!((1..=MAX_ROWS).contains(&m), "{m} rows");
+        assert_eq!(x.len(), m * self.k);
+        assert_eq!(y.len(), m * self.n);
+        let level = self.usable(level);
+        let act = Activations::quantize(self.format, x, m, self.k);
+        let out = SharedOut(y.as_mut_ptr());
+        let task = |rows: std::ops::Range<usize>| {
+            for i in rows {
+                let mut dots = [0f32; MAX_ROWS];
+                self.row_dots(level, i, &act, &mut dots[..m]);
+                for (r, d) in dots[..m].iter().enumerate() {
+                    // SAFETY: row i of the weights is this task's alone; y is m x n.
+                    unsafe { out.write(r * self.n + i, *d) };
+                }
+            }
+        };
+        if !parallel {
+            return task(0..self.n);
+        }
+        // candle's workers take chunks from a shared cursor: a worker that wakes late
+        // leaves its part to the others (one contiguous share per thread measured
+        // ~25 % slower in a decoder's sequence of products).
+        let tasks = self.n.div_ceil(ROWS_PER_TASK);
+        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+            task(range.start * ROWS_PER_TASK..(range.end * ROWS_PER_TASK).min(self.n))
+        });
+    }
+
+    /// `level`, lowered to one whose kernels take this matrix's shape.
+    fn usable(&self, level: Level) -> Level {
+        match (self.format, level) {
+            // The 512-bit q8_0 kernel reads 16 blocks of scales at a time.
+            (Format::Q8_0, Level::Avx512 | Level::Avx512Vnni) if !self.k.is_multiple_of(512) => {
+                Level::Avx2.min(Level::detected())
+            }
+            _ => level.min(Level::detected()),
+        }
+    }
+
+    /// Weight row `i` dotted with each activation row.
+    fn row_dots(&self, level: Level, i: usize, act: &Activations, dots: &mut [f32]) {
+        let q = self.quants.as_slice();
+        match self.format {
+            Format::Q4K => {
+                let kb = self.k / Q4K_BLOCK;
+                let qs = &q[i * kb * 128..(i + 1) * kb * 128];
+                let meta = &self.q4k_meta[i * kb..(i + 1) * kb];
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the level was detected on this CPU; the slices are whole rows.
+                    Level::Avx512Vnni => unsafe { x86::q4k_512_vnni(qs, meta, act, dots) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Level::Avx512 => unsafe { x86::q4k_512(qs, meta, act, dots) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Level::Avx2 => unsafe { x86::q4k_256(qs, meta, act, dots) },
+                    _ => q4k_scalar(qs, meta, act, dots),
+                }
+            }
+            Format::Q8_0 => {
+                let k = self.k;
+                let qs = &q[i * k..(i + 1) * k];
+                let sc = &self.q8_scales[i * k / 32..(i + 1) * k / 32];
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the level was detected on this CPU (and k % 512 == 0,
+                    // see `usable`); the slices are whole rows.
+                    Level::Avx512Vnni => unsafe { x86::q8_0_512_vnni(qs, sc, act, dots) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Level::Avx512 => unsafe { x86::q8_0_512(qs, sc, act, dots) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Level::Avx2 => unsafe { x86::q8_0_256(qs, sc, act, dots) },
+                    _ => q8_0_scalar(qs, sc, act, dots),
+                }
+            }
+        }
+    }
+}
+
+/// Weight rows per parallel task.
+const ROWS_PER_TASK: usize = 16;
+
+/// Where value `i` (0..256) of a q4k block lies in the repacked block: the byte and
+/// the nibble's shift. The block is four 64-value vectors (the low nibbles of bytes
+/// 0..64, their high nibbles, then the same of bytes 64..128); byte `4 * l + t` of a
+/// vector is lane `l`, and lanes `s` and `s + 8` hold sub-block `s`: vector `r` holds
+/// values `8r..8r + 8` of each sub-block, four in each of its two lanes.
+fn q4k_pos(i: usize) -> (usize, u8) {
+    let (s, j) = (i / 32, i % 32);
+    let (r, h, t) = (j / 8, (j % 8) / 4, j % 4);
+    (64 * (r / 2) + 4 * (s + 8 * h) + t, 4 * (r % 2) as u8)
+}
+
+/// Where value `i` of a 256-value block of activations lies in their quantized
+/// row: vector `r` of [`q4k_pos`] is activation bytes `64r..64r + 64`, in the
+/// same lane order.
+fn q4k_act_pos(i: usize) -> usize {
+    let (byte, shift) = q4k_pos(i);
+    64 * (2 * (byte / 64) + (shift / 4) as usize) + byte % 64
+}
+
+/// `q4k_act_pos` for a whole block.
+static Q4K_ACT_POS: [u8; Q4K_BLOCK] = {
+    let mut t = [0u8; Q4K_BLOCK];
+    let mut i = 0;
+    while i < Q4K_BLOCK {
+        let (s, j) = (i / 32, i % 32);
+        let (r, h, u) = (j / 8, (j % 8) / 4, j % 4);
+        // q4k_pos, then vector r's bytes at 64r.
+        t[i] = (64 * r + 4 * (s + 8 * h) + u) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The largest magnitude (a loop the compiler vectorizes).
+fn abs_max(xs: &[f32]) -> f32 {
+    xs.iter()
+        .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m })
+}
+
+/// `x` rounded to the nearest integer, ties to even, for |x| < 2^22 (ggml's
+/// `nearest_int`: adding 1.5 * 2^23 leaves the integer in the low mantissa bits).
+fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Value `i` (0..256) of a repacked q4k block.
+fn q4k_value(qs: &[u8], i: usize) -> u8 {
+    let (byte, shift) = q4k_pos(i);
+    (qs[byte] >> shift) & 0x0F
+}
+
+/// A pointer to the output, whose disjoint parts parallel tasks fill.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see `matmul_at`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` is inside the buffer and written by no other task.
+    unsafe fn write(&self, i: usize, v: f32) {
+        // SAFETY: as the caller states.
+        unsafe { *self.0.add(i) = v };
+    }
+}
+
+/// Activation rows quantized for one format.
+pub struct Activations {
+    k: usize,
+    /// `m x k` values.
+    qs: Vec<i8>,
+    /// q4k (q8_K): one scale per 256 values. q8_0: one per 32, and for the 512-bit
+    /// kernel the same spread over 16 lanes per pair of blocks (`lanes`).
+    d: Vec<f32>,
+    /// q4k: the sum of each 32 values (`m x k / 32`), and the same times the block's
+    /// scale (`fsums`, what the mins are multiplied by).
+    bsums: Vec<i16>,
+    fsums: Vec<f32>,
+    /// q8_0: `d` of blocks `2p` and `2p + 1`, each repeated 8 times, for pair `p`.
+    lanes: Vec<f32>,
+    /// q8_0: `128 * d * (sum of the block)`, what the +128 of the weights adds.
+    corr: Vec<f32>,
+}
+
+impl Activations {
+    /// Quantizes `m` rows of `k` values as ggml does for `format`'s dot product.
+    pub fn quantize(format: Format, x: &[f32], m: usize, k: usize) -> Self {
+        let mut a = Activations {
+            k,
+            qs: vec![0; m * k],
+            d: Vec::new(),
+            bsums: Vec::new(),
+            fsums: Vec::new(),
+            lanes: Vec::new(),
+            corr: Vec::new(),
+        };
+        match format {
+            Format::Q4K => {
+                // q8_K: scale -max/127 with the sign of the largest magnitude, rounded
+                // to nearest (ties to even, as ggml's `nearest_int`); stored in the
+                // lane order of the weights (`q4k_act_pos`).
+                a.d = vec![0.0; m * k / Q4K_BLOCK];
+                a.bsums = vec![0; m * k / 32];
+                a.fsums = vec![0.0; m * k / 32];
+                let mut q = [0i8; Q4K_BLOCK];
+                for (b, (xs, qs)) in x
+                    .chunks_exact(Q4K_BLOCK)
+                    .zip(a.qs.chunks_exact_mut(Q4K_BLOCK))
+                    .enumerate()
+                {
+                    let amax = abs_max(xs);
+                    if amax == 0.0 {
+                        continue;
+                    }
+                    let max = *xs.iter().find(|v| v.abs() == amax).unwrap_or(&amax);
+                    let iscale = -127.0 / max;
+                    let d = 1.0 / iscale;
+                    for (q, &v) in q.iter_mut().zip(xs) {
+                        *q = nearest_int(iscale * v).clamp(-128, 127) as i8;
+                    }
+                    for (s, chunk) in q.chunks_exact(32).enumerate() {
+                        let sum: i16 = chunk.iter().map(|&q| q as i16).sum();
+                        a.bsums[b * 8 + s] = sum;
+                        a.fsums[b * 8 + s] = d * sum as f32;
+                    }
+                    for (&pos, &v) in Q4K_ACT_POS.iter().zip(&q) {
+                        qs[pos as usize] = v;
+                    }
+                    a.d[b] = d;
+                }
+            }
+            Format::Q8_0 => {
+                a.d = vec![0.0; m * k / Q8_0_BLOCK];
+                a.corr = vec![0.0; m * k / Q8_0_BLOCK];
+                for (b, (xs, qs)) in x
+                    .chunks_exact(Q8_0_BLOCK)
+                    .zip(a.qs.chunks_exact_mut(Q8_0_BLOCK))
+                    .enumerate()
+                {
+                    let d = abs_max(xs) / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let mut sum = 0i32;
+                    for (q, &v) in qs.iter_mut().zip(xs) {
+                        *q = nearest_int(v * id) as i8;
+                        sum += *q as i32;
+                    }
+                    a.d[b] = d;
+                    a.corr[b] = 128.0 * d * sum as f32;
+                }
+                a.lanes = a.d.iter().flat_map(|&d| [d; 8]).collect();
+            }
+        }
+        a
+    }
+
+    fn rows(&self) -> usize {
+        self.qs.len() / self.k
+    }
+
+    fn row(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.k..(r + 1) * self.k]
+    }
+}
+
+/// The reference q4k kernel: integer sums per sub-block, scaled per block.
+fn q4k_scalar(qs: &[u8], meta: &[Q4KMeta], act: &Activations, dots: &mut [f32]) {
+    let kb = meta.len();
+    for (r, dot) in dots.iter_mut().enumerate() {
+        let a = act.row(r);
+        let mut sum = 0f32;
+        for (b, m) in meta.iter().enumerate() {
+            let block = &qs[b * 128..(b + 1) * 128];
+            let (mut sumi, mut summ) = (0i32, 0i32);
+            for s in 0..8 {
+                let mut si = 0i32;
+                for j in 0..32 {
+                    let i = s * 32 + j;
+                    let x = a[b * Q4K_BLOCK + q4k_act_pos(i)];
+                    si += q4k_value(block, i) as i32 * x as i32;
+                }
+                sumi += m.sc[s] as i32 * si;
+                summ += m.mn[s] as i32 * act.bsums[(r * kb + b) * 8 + s] as i32;
+            }
+            let da = act.d[r * kb + b];
+            sum += m.d.to_f32() * da * sumi as f32 - m.dmin.to_f32() * da * summ as f32;
+        }
+        *dot = sum;
+    }
+}
+
+/// The reference q8_0 kernel.
+fn q8_0_scalar(qs: &[u8], scales: &[f16], act: &Activations, dots: &mut [f32]) {
+    let nb = scales.len();
+    for (r, dot) in dots.iter_mut().enumerate() {
+        let a = act.row(r);
+        let mut sum = 0f32;
+        for (b, d) in scales.iter().enumerate() {
+            let si: i32 = qs[b * 32..(b + 1) * 32]
+                .iter()
+                .zip(&a[b * 32..(b + 1) * 32])
+                .map(|(&w, &x)| ((w ^ 0x80) as i8) as i32 * x as i32)
+                .sum();
+            sum += d.to_f32() * act.d[r * nb + b] * si as f32;
+        }
+        *dot = sum;
+    }
+}
+
+// The kernels are unsafe for their CPU features and their pointer loads, whose
+// bounds follow from the row slices they are given (whole rows of a matrix whose
+// shape the format accepted) and the activations quantized for that shape.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_op_in_unsafe_fn, clippy::needless_range_loop)]
+mod x86 {
+    use super::{Activations, Q4KMeta, MAX_ROWS};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// The low 4 lanes of a 128-bit float vector, summed.
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum128(v: __m128) -> f32 {
+        let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        hsum128(_mm_add_ps(
+            _mm256_castps256_ps128(v),
+            _mm256_extractf128_ps(v, 1),
+        ))
+    }
+
+    /// d and dmin of a block, as f32.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn d_dmin(m: &Q4KMeta) -> (f32, f32) {
+        let bits = (m.d.to_bits() as i32) | ((m.dmin.to_bits() as i32) << 16);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
+    }
+
+    macro_rules! q4k_512 {
+        ($name:ident, $feat:literal, $dp:ident) => {
+            /// q4k row times up to 4 activation rows, 512 bits at a time.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(qs: &[u8], meta: &[Q4KMeta], act: &Activations, dots: &mut [f32]) {
+                let rows = act.rows();
+                let kb = meta.len();
+                let mask = _mm512_set1_epi8(0x0F);
+                // i16 lane j takes the scale of sub-block (j / 2) % 8.
+                let mut lanes = [0i16; 32];
+                for (j, l) in lanes.iter_mut().enumerate() {
+                    *l = ((j / 2) % 8) as i16;
+                }
+                let idx = _mm512_loadu_si512(lanes.as_ptr() as *const _);
+                let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+                let mut macc = [_mm256_setzero_ps(); MAX_ROWS];
+                for (b, m) in meta.iter().enumerate() {
+                    let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(m.sc.as_ptr() as *const __m128i));
+                    let sc = _mm512_permutexvar_epi16(idx, _mm512_castsi128_si512(sc16));
+                    // i32 lane i takes the scale of sub-block i % 8.
+                    let sc32 = _mm512_broadcast_i64x4(_mm256_cvtepu16_epi32(sc16));
+                    let (d, dmin) = d_dmin(m);
+                    let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        m.mn.as_ptr() as *const __m128i,
+                    )));
+                    let mn = _mm256_mul_ps(mn, _mm256_set1_ps(dmin));
+                    let dv = _mm512_set1_ps(d);
+                    let p = qs.as_ptr().add(b * 128);
+                    let w0 = _mm512_loadu_si512(p as *const _);
+                    let w1 = _mm512_loadu_si512(p.add(64) as *const _);
+                    let v0 = _mm512_and_si512(w0, mask);
+                    let v1 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), mask);
+                    let v2 = _mm512_and_si512(w1, mask);
+                    let v3 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), mask);
+                    for r in 0..rows {
+                        let a = act.qs.as_ptr().add(r * act.k + b * 256);
+                        let isum = $dp([v0, v1, v2, v3], a, sc, sc32);
+                        let da = _mm512_set1_ps(*act.d.get_unchecked(r * kb + b));
+                        acc[r] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(isum),
+                            _mm512_mul_ps(dv, da),
+                            acc[r],
+                        );
+                        let fs = _mm256_loadu_ps(act.fsums.as_ptr().add((r * kb + b) * 8));
+                        macc[r] = _mm256_fmadd_ps(mn, fs, macc[r]);
+                    }
+                }
+                for r in 0..rows {
+                    dots[r] = _mm512_reduce_add_ps(acc[r]) - hsum256(macc[r]);
+                }
+            }
+        };
+    }
+
+    /// A q4k block's sub-block sums times their scales, per i32 lane, for activations
+    /// `a` (256 bytes in lane order): VNNI's byte dot products, one multiply.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn isum_vnni(v: [__m512i; 4], a: *const i8, _sc: __m512i, sc32: __m512i) -> __m512i {
+        let ld = |o: usize| _mm512_loadu_si512(a.add(o) as *const _);
+        let mut s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], ld(0));
+        s = _mm512_dpbusd_epi32(s, v[1], ld(64));
+        s = _mm512_dpbusd_epi32(s, v[2], ld(128));
+        s = _mm512_dpbusd_epi32(s, v[3], ld(192));
+        _mm512_mullo_epi32(s, sc32)
+    }
+
+    /// The same without VNNI: each product is at most 2 * 15 * 128, so the four
+    /// vectors' pair sums add up in 16 bits before one multiply-add by the scales.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn isum_plain(v: [__m512i; 4], a: *const i8, sc: __m512i, _sc32: __m512i) -> __m512i {
+        let ld = |o: usize| _mm512_loadu_si512(a.add(o) as *const _);
+        let p01 = _mm512_add_epi16(
+            _mm512_maddubs_epi16(v[0], ld(0)),
+            _mm512_maddubs_epi16(v[1], ld(64)),
+        );
+        let p23 = _mm512_add_epi16(
+            _mm512_maddubs_epi16(v[2], ld(128)),
+            _mm512_maddubs_epi16(v[3], ld(192)),
+        );
+        _mm512_madd_epi16(_mm512_add_epi16(p01, p23), sc)
+    }
+
+    q4k_512!(
+        q4k_512_vnni,
+        "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+        isum_vnni
+    );
+    q4k_512!(q4k_512, "avx512f,avx512bw,avx2,fma,f16c", isum_plain);
+
+    /// q4k row times up to 4 activation rows, 256 bits at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4k_256(qs: &[u8], meta: &[Q4KMeta], act: &Activations, dots: &mut [f32]) {
+        let rows = act.rows();
+        let kb = meta.len();
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+        let mut macc = [_mm256_setzero_ps(); MAX_ROWS];
+        for (b, m) in meta.iter().enumerate() {
+            // i16 lane j takes the scale of sub-block j / 2.
+            let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(m.sc.as_ptr() as *const __m128i));
+            let sc = _mm256_set_m128i(
+                _mm_unpackhi_epi16(sc16, sc16),
+                _mm_unpacklo_epi16(sc16, sc16),
+            );
+            let (d, dmin) = d_dmin(m);
+            let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                m.mn.as_ptr() as *const __m128i
+            )));
+            let mn = _mm256_mul_ps(mn, _mm256_set1_ps(dmin));
+            let dv = _mm256_set1_ps(d);
+            let p = qs.as_ptr().add(b * 128);
+            let w = [
+                _mm256_loadu_si256(p as *const _),
+                _mm256_loadu_si256(p.add(32) as *const _),
+                _mm256_loadu_si256(p.add(64) as *const _),
+                _mm256_loadu_si256(p.add(96) as *const _),
+            ];
+            let lo = w.map(|w| _mm256_and_si256(w, mask));
+            let hi = w.map(|w| _mm256_and_si256(_mm256_srli_epi16(w, 4), mask));
+            for r in 0..rows {
+                let a = act.qs.as_ptr().add(r * act.k + b * 256);
+                let ld = |o: usize| _mm256_loadu_si256(a.add(o) as *const _);
+                // Eight products of at most 2 * 15 * 128 add up in 16 bits.
+                // Half h of 64-byte load l: its low nibbles are vector 2l, high 2l + 1.
+                let mut p16 = _mm256_maddubs_epi16(lo[0], ld(0));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(lo[1], ld(32)));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(hi[0], ld(64)));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(hi[1], ld(96)));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(lo[2], ld(128)));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(lo[3], ld(160)));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(hi[2], ld(192)));
+                p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(hi[3], ld(224)));
+                let isum = _mm256_madd_epi16(p16, sc);
+                let da = _mm256_set1_ps(*act.d.get_unchecked(r * kb + b));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, da), acc[r]);
+                let fs = _mm256_loadu_ps(act.fsums.as_ptr().add((r * kb + b) * 8));
+                macc[r] = _mm256_fmadd_ps(mn, fs, macc[r]);
+            }
+        }
+        for r in 0..rows {
+            dots[r] = hsum256(acc[r]) - hsum256(macc[r]);
+        }
+    }
+
+    /// Index vectors for `_mm512_permutexvar_ps`: for pair `j` of 16 blocks, lanes 0-7
+    /// take block 2j's value, lanes 8-15 block 2j+1's.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_lanes() -> [__m512i; 8] {
+        let mut idx = [_mm512_setzero_si512(); 8];
+        for (j, i) in idx.iter_mut().enumerate() {
+            let mut v = [2 * j as i32; 16];
+            v[8..].fill(2 * j as i32 + 1);
+            *i = _mm512_loadu_si512(v.as_ptr() as *const _);
+        }
+        idx
+    }
+
+    /// q8_0 row (k a multiple of 512) times up to 4 activation rows: the stored
+    /// (+128) bytes are VNNI's unsigned operand as they are.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q8_0_512_vnni(qs: &[u8], scales: &[f16], act: &Activations, dots: &mut [f32]) {
+        let rows = act.rows();
+        let (k, nb) = (qs.len(), scales.len());
+        let idx = pair_lanes();
+        let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+        let mut cacc = [_mm512_setzero_ps(); MAX_ROWS];
+        for c in 0..k / 512 {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(16 * c) as *const _));
+            for r in 0..rows {
+                let corr = _mm512_loadu_ps(act.corr.as_ptr().add(r * nb + 16 * c));
+                cacc[r] = _mm512_fmadd_ps(dw, corr, cacc[r]);
+            }
+            for (j, idx) in idx.iter().enumerate() {
+                let off = 512 * c + 64 * j;
+                let w = _mm512_loadu_si512(qs.as_ptr().add(off) as *const _);
+                let dwl = _mm512_permutexvar_ps(*idx, dw);
+                for r in 0..rows {
+                    let a = _mm512_loadu_si512(act.qs.as_ptr().add(r * k + off) as *const _);
+                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+                    let dal = _mm512_loadu_ps(act.lanes.as_ptr().add((r * k + off) / 4));
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwl, dal), acc[r]);
+                }
+            }
+        }
+        for r in 0..rows {
+            dots[r] = _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(cacc[r]);
+        }
+    }
+
+    /// The same without VNNI: the weights back to signed bytes, their magnitudes
+    /// times the activations with the weights' signs (products of at most 128 * 128,
+    /// pairs within 16 bits).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub unsafe fn q8_0_512(qs: &[u8], scales: &[f16], act: &Activations, dots: &mut [f32]) {
+        let rows = act.rows();
+        let k = qs.len();
+        let zero = _mm512_setzero_si512();
+        let (flip, ones) = (_mm512_set1_epi8(-128), _mm512_set1_epi16(1));
+        let idx = pair_lanes();
+        let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+        for c in 0..k / 512 {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(16 * c) as *const _));
+            for (j, idx) in idx.iter().enumerate() {
+                let off = 512 * c + 64 * j;
+                let w =
+                    _mm512_xor_si512(_mm512_loadu_si512(qs.as_ptr().add(off) as *const _), flip);
+                let aw = _mm512_abs_epi8(w);
+                let neg = _mm512_movepi8_mask(w);
+                let dwl = _mm512_permutexvar_ps(*idx, dw);
+                for r in 0..rows {
+                    let a = _mm512_loadu_si512(act.qs.as_ptr().add(r * k + off) as *const _);
+                    let a = _mm512_mask_sub_epi8(a, neg, zero, a);
+                    let p = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, a), ones);
+                    let dal = _mm512_loadu_ps(act.lanes.as_ptr().add((r * k + off) / 4));
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwl, dal), acc[r]);
+                }
+            }
+        }
+        for r in 0..rows {
+            dots[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+    }
+
+    /// q8_0 row times up to 4 activation rows, 256 bits at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0_256(qs: &[u8], scales: &[f16], act: &Activations, dots: &mut [f32]) {
+        let rows = act.rows();
+        let k = qs.len();
+        let nb = scales.len();
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+        let flip = _mm256_set1_epi8(-128);
+        for b in 0..nb {
+            let w = _mm256_xor_si256(
+                _mm256_loadu_si256(qs.as_ptr().add(32 * b) as *const _),
+                flip,
+            );
+            let aw = _mm256_sign_epi8(w, w);
+            let bits = scales.get_unchecked(b).to_bits() as i32;
+            let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+            for r in 0..rows {
+                let a = _mm256_loadu_si256(act.qs.as_ptr().add(r * k + 32 * b) as *const _);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, w)), ones);
+                let s = _mm256_set1_ps(dw * *act.d.get_unchecked(r * nb + b));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+            }
+        }
+        for r in 0..rows {
+            dots[r] = hsum256(acc[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Weights with a spread of row scales and an outlier per row, as trained
+    /// matrices have.
+    fn matrix(n: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        let mut next = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        (0..n * k)
+            .map(|i| {
+                let row = (i / k) as f32;
+                let v = next() * (0.02 + 0.01 * (row % 7.0));
+                if i % k == (i / k * 37) % k {
+                    v * 20.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn pack(format: Format, w: &[f32], n: usize, k: usize) -> (PackedMatrix, QTensor) {
+        let dtype = match format {
+            Format::Q4K => GgmlDType::Q4K,
+            Format::Q8_0 => GgmlDType::Q8_0,
+        };
+        let t = Tensor::from_slice(w, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        (PackedMatrix::from_qtensor(&q).unwrap().unwrap(), q)
+    }
+
+    #[test]
+    fn repacking_keeps_candles_dequantized_values_exactly() {
+        for format in [Format::Q4K, Format::Q8_0] {
+            let (n, k) = (8, 512);
+            let (p, q) = pack(format, &matrix(n, k, 1), n, k);
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(p.dequantize(), want, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_scalar_reference() {
+        for format in [Format::Q4K, Format::Q8_0] {
+            for (n, k) in [(48, 1024), (17, 512), (32, 4096), (16, 1536)] {
+                let w = matrix(n, k, n as u64 + k as u64);
+                let (p, _) = pack(format, &w, n, k);
+                for m in 1..=MAX_ROWS {
+                    let x = matrix(m, k, 99 + m as u64);
+                    let mut want = vec![0f32; m * n];
+                    p.matmul_at(Level::Scalar, &x, m, &mut want, false);
+                    for level in Level::available() {
+                        let mut got = vec![0f32; m * n];
+                        p.matmul_at(level, &x, m, &mut got, true);
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            // Only the order of float additions differs.
+                            assert!(
+                                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                "{format:?} {level:?} n={n} k={k} m={m} [{i}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn products_are_close_to_the_dequantized_matrix_times_the_float_rows() {
+        // What quantizing the activations costs: well under a percent of the row norm.
+        for format in [Format::Q4K, Format::Q8_0] {
+            let (n, k, m) = (32, 1024, 2);
+            let (p, _) = pack(format, &matrix(n, k, 5), n, k);
+            let x = matrix(m, k, 6);
+            let wd = p.dequantize();
+            let mut y = vec![0f32; m * n];
+            p.matmul(&x, m, &mut y);
+            for r in 0..m {
+                let xr = &x[r * k..(r + 1) * k];
+                let xnorm = xr.iter().map(|v| v * v).sum::<f32>().sqrt();
+                for i in 0..n {
+                    let wr = &wd[i * k..(i + 1) * k];
+                    let exact: f32 = wr.iter().zip(xr).map(|(a, b)| a * b).sum();
+                    let wnorm = wr.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    let err = (y[r * n + i] - exact).abs();
+                    assert!(
+                        err <= 0.01 * wnorm * xnorm,
+                        "{format:?} [{r},{i}]: {} vs {exact}",
+                        y[r * n + i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_candles_quantized_matmul() {
+        // q4k: candle runs ggml's q4k x q8_K dot product, the same integer sums, so
+        // only rounding differs. q8_0: candle quantizes the activations per 256
+        // values on AVX-512 VNNI machines, ggml (and this) per 32: this must be at
+        // least as close to the exact product of the dequantized weights.
+        for format in [Format::Q4K, Format::Q8_0] {
+            let (n, k, m) = (64, 1024, 2);
+            let w = matrix(n, k, 11);
+            let (p, q) = pack(format, &w, n, k);
+            let x = matrix(m, k, 12);
+            let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+            let theirs: Vec<f32> = candle_core::quantized::QMatMul::from_qtensor(q)
+                .unwrap()
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let mut ours = vec![0f32; m * n];
+            p.matmul(&x, m, &mut ours);
+            let wd = p.dequantize();
+            let exact: Vec<f32> = (0..m * n)
+                .map(|j| {
+                    let (r, i) = (j / n, j % n);
+                    (0..k).map(|c| x[r * k + c] * wd[i * k + c]).sum()
+                })
+                .collect();
+            let err = |y: &[f32]| -> f32 {
+                y.iter()
+                    .zip(&exact)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt()
+            };
+            match format {
+                Format::Q4K => {
+                    for (o, t) in ours.iter().zip(&theirs) {
+                        assert!((o - t).abs() <= 1e-4 * (1.0 + t.abs()), "{o} vs {t}");
+                    }
+                }
+                Format::Q8_0 => {
+                    assert!(
+                        err(&ours) <= err(&theirs) * 1.01,
+                        "{} vs {}",
+                        err(&ours),
+                        err(&theirs)
+                    )
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_lane_order_tables_agree() {
+        let mut seen = [false; Q4K_BLOCK];
+        for i in 0..Q4K_BLOCK {
+            assert_eq!(Q4K_ACT_POS[i] as usize, q4k_act_pos(i));
+            assert!(!std::mem::replace(&mut seen[q4k_act_pos(i)], true));
+        }
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(-3.5), -4);
+        assert_eq!(nearest_int(126.6), 127);
+        assert_eq!(nearest_int(-0.4), 0);
+    }
+
+    #[test]
+    fn shapes_outside_the_formats_are_refused() {
+        assert!(PackedMatrix::from_ggml(Format::Q4K, 2, 128, &[0; 144]).is_none());
+        assert!(PackedMatrix::from_ggml(Format::Q8_0, 2, 32, &[0; 33]).is_none());
+        let t = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
+        assert!(PackedMatrix::from_qtensor(&q).unwrap().is_none());
+    }
+
+    use candle_core::Module;
+}
