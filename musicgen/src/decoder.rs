@@ -130,6 +130,47 @@ impl Proj {
     }
 }
 
+impl Proj {
+    /// `x · Wᵀ` for `m` rows of f32 on the CPU, as [`Module::forward`] computes it
+    /// for a `(m, k)` tensor, without the tensors.
+    pub(crate) fn forward_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        match self {
+            Proj::Packed(p) if (1..=crate::qgemv::MAX_ROWS).contains(&m) => {
+                let mut y = vec![0f32; m * p.dims().0];
+                p.matmul(x, m, &mut y);
+                Ok(y)
+            }
+            Proj::Dense(l) if m <= crate::gemv::MAX_ROWS => {
+                let (n, k) = l.weight().dims2()?;
+                let y = crate::gemv::with_f32(l.weight(), |w| {
+                    crate::gemv::rows_times_transposed(ComputeThreads::Rayon, x, m, w, n, k)
+                });
+                match y {
+                    Some(y) => Ok(y),
+                    None => self.forward_tensor_rows(x, m),
+                }
+            }
+            _ => self.forward_tensor_rows(x, m),
+        }
+    }
+
+    fn forward_tensor_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let dev = match self {
+            Proj::Dense(l) => l.weight().device().clone(),
+            Proj::Packed(_) => Device::Cpu,
+            Proj::Quantized(q) => match q {
+                QMatMul::QTensor(t) => t.device(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.device().clone(),
+            },
+        };
+        let x = Tensor::from_slice(x, (m, x.len() / m.max(1)), &dev)?;
+        self.forward(&x)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()
+    }
+}
+
 impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -220,6 +261,9 @@ pub struct Ablation {
     pub kv_concat: bool,
     /// Recompute the prompt's cross-attention keys and values at every step.
     pub cross_kv_every_step: bool,
+    /// Run a step's layers as candle tensor operations (about 30 a layer) instead
+    /// of the fused CPU pass over plain buffers.
+    pub unfused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +369,40 @@ impl SelfAttention {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?;
         self.out_proj.forward(&self.merge_heads(&out)?)
+    }
+
+    /// One step's self-attention for `b` rows `h` (f32, `b x d`), straight from the
+    /// cache buffer: the same arithmetic as `forward` with one query position.
+    fn step(&mut self, h: &[f32], b: usize, device: &Device) -> Result<Option<Vec<f32>>> {
+        let d = self.num_heads * self.head_dim;
+        let qkv = self.qkv_proj.forward_rows(h, b)?;
+        let scale = self.scaling as f32;
+        let (mut q, mut k, mut v) = (
+            Vec::with_capacity(b * d),
+            Vec::with_capacity(b * d),
+            Vec::with_capacity(b * d),
+        );
+        for row in qkv.chunks_exact(3 * d) {
+            q.extend(row[..d].iter().map(|x| x * scale));
+            k.extend_from_slice(&row[d..2 * d]);
+            v.extend_from_slice(&row[2 * d..]);
+        }
+        let shape = (b, self.num_heads, 1, self.head_dim);
+        let k = Tensor::from_vec(k, shape, device)?.to_dtype(self.kv_dtype)?;
+        let v = Tensor::from_vec(v, shape, device)?.to_dtype(self.kv_dtype)?;
+        self.kv_cache.append(&k, &v)?;
+        let (Some(k_all), Some(v_all)) = (
+            self.kv_cache.k_cache().all_data(),
+            self.kv_cache.v_cache().all_data(),
+        ) else {
+            candle_core::bail!("the self-attention cache is empty after an append");
+        };
+        let len = self.kv_cache.current_seq_len();
+        let pairs = b * self.num_heads;
+        match crate::gemv::attend_rows(self.workers, &q, pairs, k_all, v_all, len)? {
+            Some(out) => Ok(Some(self.out_proj.forward_rows(&out, b)?)),
+            None => candle_core::bail!("the self-attention cache cannot be read in place"),
+        }
     }
 
     fn reset(&mut self, capacity: usize) {
@@ -440,6 +518,57 @@ impl CrossAttention {
         };
         Ok(Some(self.out_proj.forward(&out)?))
     }
+
+    /// `forward` for one step of f32 rows `h` (`b x d`): the output of row 0 only
+    /// (the others' is zero, see `forward`), or `None` without a prompt.
+    fn step(&self, h: &[f32]) -> Result<Option<Vec<f32>>> {
+        let Some((k, v)) = &self.kv else {
+            return Ok(None);
+        };
+        let d = self.num_heads * self.head_dim;
+        let scale = self.scaling as f32;
+        let q: Vec<f32> = self.q_proj.forward_rows(&h[..d], 1)?;
+        let q: Vec<f32> = q.iter().map(|x| x * scale).collect();
+        let text_len = k.dim(2)?;
+        match crate::gemv::attend_rows(self.workers, &q, self.num_heads, k, v, text_len)? {
+            Some(out) => Ok(Some(self.out_proj.forward_rows(&out, 1)?)),
+            None => candle_core::bail!("the prompt's keys and values cannot be read in place"),
+        }
+    }
+}
+
+/// candle's layer norm (`candle_nn::ops::layer_norm`) on one row, the same
+/// arithmetic in the same order.
+fn layer_norm_row(x: &[f32], norm: &LayerNorm, out: &mut [f32]) -> Result<()> {
+    let eps = 1e-5f32;
+    let Some(bias) = norm.bias() else {
+        candle_core::bail!("a MusicGen layer norm has a bias");
+    };
+    let n = x.len() as f32;
+    let done = crate::gemv::with_f32(norm.weight(), |w| {
+        crate::gemv::with_f32(bias, |bias| {
+            let (mut sum, mut sum2) = (0f32, 0f32);
+            for &v in x {
+                sum += v;
+                sum2 += v * v;
+            }
+            let mean = sum / n;
+            let var = sum2 / n - mean * mean;
+            let inv_std = (var + eps).sqrt().recip();
+            for (((o, &s), &a), &b) in out.iter_mut().zip(x).zip(w).zip(bias) {
+                *o = (s - mean) * inv_std * a + b;
+            }
+        })
+    });
+    match done {
+        Some(Some(())) => Ok(()),
+        _ => candle_core::bail!("layer norm parameters are not f32 on the CPU"),
+    }
+}
+
+/// candle's `gelu_erf` for f32.
+fn gelu_erf(v: f32) -> f32 {
+    (libm::erff(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
 }
 
 #[derive(Debug, Clone)]
@@ -493,6 +622,50 @@ impl DecoderLayer {
         let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
         x + h
     }
+
+    /// `forward` for one step of `b` f32 rows on the CPU, fused: one pass per
+    /// sub-block (norm, projections, attention from the cache, residual) over plain
+    /// buffers, with the matrices read by the row kernels; `x` is updated in place.
+    fn step(&mut self, x: &mut [f32], b: usize, device: &Device) -> Result<()> {
+        let d = x.len() / b;
+        let mut h = vec![0f32; x.len()];
+        let norm_rows = |x: &[f32], norm: &LayerNorm, h: &mut [f32]| -> Result<()> {
+            for (x, h) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                layer_norm_row(x, norm, h)?;
+            }
+            Ok(())
+        };
+        norm_rows(x, &self.self_attn_layer_norm, &mut h)?;
+        let Some(a) = self.self_attn.step(&h, b, device)? else {
+            candle_core::bail!("self-attention did not run");
+        };
+        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        if let Some((attn, norm)) = &self.encoder_attn {
+            layer_norm_row(&x[..d], norm, &mut h[..d])?;
+            if let Some(a) = attn.step(&h[..d])? {
+                x[..d].iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+            }
+        }
+        norm_rows(x, &self.final_layer_norm, &mut h)?;
+        let mut f = self.fc1.forward_rows(&h, b)?;
+        f.iter_mut().for_each(|v| *v = gelu_erf(*v));
+        let o = self.fc2.forward_rows(&f, b)?;
+        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+        Ok(())
+    }
+
+    /// Whether `step` can run this layer for `b` rows of `dtype`.
+    fn can_step(&self, b: usize, dtype: DType, device: &Device) -> bool {
+        device.is_cpu()
+            && dtype == DType::F32
+            && (1..=crate::qgemv::MAX_ROWS.min(crate::gemv::MAX_ROWS)).contains(&b)
+            && matches!(self.self_attn.kv_dtype, DType::F32 | DType::F16)
+            && self.self_attn.concat.is_none()
+            && self
+                .encoder_attn
+                .as_ref()
+                .is_none_or(|(attn, _)| !attn.every_step)
+    }
 }
 
 /// `MusicgenForCausalLM`: the decoder stack and its per-codebook LM heads.
@@ -510,6 +683,8 @@ pub struct Decoder {
     /// Melody: the conditioning prefix `(batch, len, hidden)` the next forward
     /// prepends to its input.
     prefix: Option<Tensor>,
+    /// `Ablation::unfused`.
+    unfused: bool,
 }
 
 impl Decoder {
@@ -552,6 +727,7 @@ impl Decoder {
             // both decoders), and the published checkpoints leave it off.
             offset: 0,
             prefix: None,
+            unfused: false,
         })
     }
 
@@ -612,6 +788,7 @@ impl Decoder {
     /// Undoes optimisations for measuring them (see [`Ablation`]).
     #[cfg(feature = "bench")]
     pub fn set_ablation(&mut self, ablation: Ablation) {
+        self.unfused = ablation.unfused;
         for layer in self.layers.iter_mut() {
             layer.self_attn.concat = ablation.kv_concat.then_some(None);
             if let Some((attn, _)) = &mut layer.encoder_attn {
@@ -674,8 +851,24 @@ impl Decoder {
         } else {
             None
         };
-        for layer in self.layers.iter_mut() {
-            x = layer.forward(&x, mask.as_ref())?;
+        let b = x.dim(0)?;
+        let fused = total == 1
+            && !self.unfused
+            && self
+                .layers
+                .iter()
+                .all(|l| l.can_step(b, x.dtype(), x.device()));
+        if fused {
+            let device = x.device().clone();
+            let mut rows = x.flatten_all()?.to_vec1::<f32>()?;
+            for layer in self.layers.iter_mut() {
+                layer.step(&mut rows, b, &device)?;
+            }
+            x = Tensor::from_vec(rows, x.shape(), &device)?;
+        } else {
+            for layer in self.layers.iter_mut() {
+                x = layer.forward(&x, mask.as_ref())?;
+            }
         }
         self.offset += total;
         // Only the input's own positions get logits.

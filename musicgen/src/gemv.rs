@@ -219,6 +219,105 @@ mod f16c {
     }
 }
 
+/// Single-query attention for one (batch, head) pair with 64-wide heads (every
+/// MusicGen size), in registers: the query and the output row stay in eight
+/// 8-lane vectors, four keys are dotted at a time and summed together, and the
+/// cache rows are read once each.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_op_in_unsafe_fn)]
+mod attend64 {
+    use std::arch::x86_64::*;
+
+    /// Rows of the cache as eight 8-lane f32 vectors.
+    pub trait Row64: Copy {
+        /// # Safety
+        /// The CPU has AVX2, FMA and F16C; `p` points at 64 elements.
+        unsafe fn load8(p: *const Self, i: usize) -> __m256;
+    }
+
+    impl Row64 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32, i: usize) -> __m256 {
+            _mm256_loadu_ps(p.add(i))
+        }
+    }
+
+    impl Row64 for half::f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const half::f16, i: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(i) as *const __m128i))
+        }
+    }
+
+    /// The four lane-sums of `a`, `b`, `c`, `d`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+        let ab = _mm256_hadd_ps(a, b);
+        let cd = _mm256_hadd_ps(c, d);
+        let abcd = _mm256_hadd_ps(ab, cd);
+        _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
+    }
+
+    /// `out = softmax(q · kᵀ) · v` over the `len` rows of `k` and `v` (64 wide);
+    /// `scores` has room for `len`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `q` and `out` are 64 long, `k` and `v` at
+    /// least `64 * len`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attend<T: Row64>(
+        q: &[f32],
+        k: &[T],
+        v: &[T],
+        len: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let qv: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(q.as_ptr().add(8 * c)));
+        let kp = k.as_ptr();
+        let dot = |j: usize| {
+            let row = kp.add(64 * j);
+            let mut a = _mm256_mul_ps(qv[0], T::load8(row, 0));
+            for (c, q) in qv.iter().enumerate().skip(1) {
+                a = _mm256_fmadd_ps(*q, T::load8(row, 8 * c), a);
+            }
+            a
+        };
+        let mut j = 0;
+        while j + 4 <= len {
+            let s = sum4(dot(j), dot(j + 1), dot(j + 2), dot(j + 3));
+            _mm_storeu_ps(scores.as_mut_ptr().add(j), s);
+            j += 4;
+        }
+        while j < len {
+            let a = dot(j);
+            let s = sum4(a, a, a, a);
+            scores[j] = _mm_cvtss_f32(s);
+            j += 1;
+        }
+        let scores = &mut scores[..len];
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let vp = v.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, &w) in scores.iter().enumerate() {
+            let w = _mm256_set1_ps(w * inv);
+            let row = vp.add(64 * j);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, T::load8(row, 8 * c), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
+        }
+    }
+}
+
 fn has_f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -231,6 +330,16 @@ fn has_f16c() -> bool {
 }
 
 /// An element type the KV cache may hold: f32, or f16 to halve what a step reads.
+#[cfg(target_arch = "x86_64")]
+pub trait KvElem: Copy + Send + Sync + 'static + attend64::Row64 {
+    /// `q · row`, with `row` read as f32.
+    fn dot(q: &[f32], row: &[Self]) -> f32;
+    /// `out += w * row`, with `row` read as f32.
+    fn axpy(w: f32, row: &[Self], out: &mut [f32]);
+}
+
+/// An element type the KV cache may hold: f32, or f16 to halve what a step reads.
+#[cfg(not(target_arch = "x86_64"))]
 pub trait KvElem: Copy + Send + Sync + 'static {
     /// `q · row`, with `row` read as f32.
     fn dot(q: &[f32], row: &[Self]) -> f32;
@@ -420,6 +529,15 @@ pub fn attend_one<T: KvElem>(
 }
 
 fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if dh == 64 && has_f16c() {
+        let len = k.len() / dh;
+        let mut scores = vec![0f32; len];
+        // SAFETY: the CPU has the features; q and out are dh = 64 long, k and v
+        // hold len rows of 64.
+        unsafe { attend64::attend(q, k, v, len, &mut scores, out) };
+        return;
+    }
     let mut scores: Vec<f32> = k.chunks_exact(dh).map(|row| T::dot(q, row)).collect();
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let mut sum = 0f32;
@@ -433,9 +551,68 @@ fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32
     }
 }
 
-/// [`attend_one`] on tensors: `q` `(b, h, 1, dh)` in f32; `k_all`, `v_all` the
-/// cache buffers `(b, h, cap, dh)` in f32 or f16, of which the first `len`
-/// positions are filled. `None` when not on the CPU or not contiguous.
+/// `f` on `t`'s elements when `t` is a contiguous f32 tensor on the CPU.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*s else {
+        return None;
+    };
+    contiguous_f32(s, l).map(f)
+}
+
+/// [`attend_one`] for `q` of `pairs` rows straight from cache tensors `k_all`,
+/// `v_all` of shape `(batch, heads, cap, dh)` (f32 or f16, CPU, contiguous) with
+/// `len` positions filled; `None` when they do not fit that.
+pub fn attend_rows(
+    workers: ComputeThreads,
+    q: &[f32],
+    pairs: usize,
+    k_all: &Tensor,
+    v_all: &Tensor,
+    len: usize,
+) -> Result<Option<Vec<f32>>> {
+    let (b, h, cap, dh) = k_all.dims4()?;
+    if b * h != pairs || q.len() != pairs * dh || len == 0 || len > cap {
+        return Ok(None);
+    }
+    let (ks, kl) = k_all.storage_and_layout();
+    let (vs, vl) = v_all.storage_and_layout();
+    let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
+        return Ok(None);
+    };
+    let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    Ok(match (ks, vs) {
+        (CpuStorage::F32(k), CpuStorage::F32(v)) => Some(attend_one(
+            workers,
+            q,
+            &k[k0..k1],
+            &v[v0..v1],
+            pairs,
+            cap,
+            len,
+            dh,
+        )),
+        (CpuStorage::F16(k), CpuStorage::F16(v)) => Some(attend_one(
+            workers,
+            q,
+            &k[k0..k1],
+            &v[v0..v1],
+            pairs,
+            cap,
+            len,
+            dh,
+        )),
+        _ => None,
+    })
+}
+
+/// [`attend_rows`] for a query tensor `(batch, heads, 1, dh)`.
 pub fn try_attend_one(
     workers: ComputeThreads,
     q: &Tensor,
@@ -443,37 +620,16 @@ pub fn try_attend_one(
     v_all: &Tensor,
     len: usize,
 ) -> Result<Option<Tensor>> {
-    if !q.device().is_cpu() || q.dtype() != DType::F32 {
-        return Ok(None);
-    }
     let (b, h, s, dh) = q.dims4()?;
-    let (_, _, cap, _) = k_all.dims4()?;
-    if s != 1 || len == 0 || len > cap {
+    if s != 1 {
         return Ok(None);
     }
-    let (qs, ql) = q.storage_and_layout();
-    let (ks, kl) = k_all.storage_and_layout();
-    let (vs, vl) = v_all.storage_and_layout();
-    let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
-        return Ok(None);
-    };
-    let Some(qv) = contiguous_f32(qs, ql) else {
-        return Ok(None);
-    };
-    let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    let out = match (ks, vs) {
-        (CpuStorage::F32(k), CpuStorage::F32(v)) => {
-            attend_one(workers, qv, &k[k0..k1], &v[v0..v1], b * h, cap, len, dh)
-        }
-        (CpuStorage::F16(k), CpuStorage::F16(v)) => {
-            attend_one(workers, qv, &k[k0..k1], &v[v0..v1], b * h, cap, len, dh)
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(Tensor::from_vec(out, (b, h, 1, dh), q.device())?))
+    let out = with_f32(q, |qv| attend_rows(workers, qv, b * h, k_all, v_all, len));
+    match out {
+        Some(Ok(Some(out))) => Ok(Some(Tensor::from_vec(out, (b, h, 1, dh), q.device())?)),
+        Some(Err(e)) => Err(e),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -482,7 +638,15 @@ mod tests {
 
     #[test]
     fn single_query_attention_matches_softmax_attention() {
-        let (pairs, cap, len, dh) = (3, 7, 5, 20);
+        // 20 wide: the generic path; 64 wide: the register kernel, with lengths
+        // whose keys do and do not come in whole fours.
+        for (pairs, cap, len, dh) in [(3, 7, 5, 20), (3, 9, 7, 64), (2, 12, 12, 64), (2, 3, 1, 64)]
+        {
+            attention_case(pairs, cap, len, dh);
+        }
+    }
+
+    fn attention_case(pairs: usize, cap: usize, len: usize, dh: usize) {
         let q: Vec<f32> = (0..pairs * dh)
             .map(|i| ((i * 3) % 7) as f32 * 0.1 - 0.3)
             .collect();

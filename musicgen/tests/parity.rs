@@ -162,6 +162,14 @@ fn ablations_change_speed_not_results() {
     model.set_ablation(musicgen::decoder::Ablation {
         kv_concat: true,
         cross_kv_every_step: true,
+        unfused: false,
+    });
+    check_guidance(&mut model, &r, 3.0, "g3");
+    // The step as candle tensor operations instead of the fused pass.
+    let mut model = load("tiny-b");
+    model.set_ablation(musicgen::decoder::Ablation {
+        unfused: true,
+        ..Default::default()
     });
     check_guidance(&mut model, &r, 3.0, "g3");
 }

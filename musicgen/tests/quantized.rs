@@ -256,3 +256,59 @@ fn quantized_matrices_are_cached_on_disk_and_reused() {
     assert_eq!(first, third);
     assert!(std::fs::metadata(&written[0]).unwrap().len() > 1000);
 }
+
+/// The fused CPU step (plain buffers, the row kernels) against the same step as
+/// candle tensor operations: the same arithmetic, so the same logits — exactly for
+/// the quantized kernels (each row's products are independent of the other rows),
+/// to rounding for f32 (whose two-row dot products add in another order than one
+/// row's), and trivially for f16 (which has no fused step).
+#[cfg(feature = "bench")]
+#[test]
+fn the_fused_step_computes_what_the_tensor_operations_do() {
+    let dir = tempfile::tempdir().unwrap();
+    build_wide_checkpoint(dir.path());
+    let prompt = "dusty boom-bap drums, 90 bpm";
+    let frames = 24;
+    let cancel = AtomicBool::new(false);
+    for precision in [
+        Precision::F32,
+        Precision::Q8_0,
+        Precision::Q4K,
+        Precision::F16,
+    ] {
+        let mut model = load(dir.path(), precision);
+        let sampling = musicgen::Sampling::Sample {
+            temperature: 1.0,
+            top_k: Some(250),
+            top_p: None,
+        };
+        let mut sampler = musicgen::LogitsProcessor::new(sampling, 7);
+        let (codes, fused) = model
+            .codes_and_logits(
+                prompt,
+                frames,
+                3.0,
+                CodeSource::Sample(&mut sampler),
+                &cancel,
+            )
+            .unwrap();
+        model.set_ablation(musicgen::decoder::Ablation {
+            unfused: true,
+            ..Default::default()
+        });
+        let (_, unfused) = model
+            .codes_and_logits(prompt, frames, 3.0, CodeSource::Forced(&codes), &cancel)
+            .unwrap();
+        assert_eq!(fused.len(), unfused.len());
+        let peak = unfused.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = fused
+            .iter()
+            .zip(&unfused)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!("{precision}: largest difference {diff:e} of {peak}");
+        match precision {
+            Precision::F32 => assert!(diff <= 1e-5 * peak, "{precision}: {diff} of {peak}"),
+            _ => assert_eq!(diff, 0.0, "{precision}"),
+        }
+    }
+}

@@ -56,7 +56,8 @@ pub(crate) struct BenchArgs {
 
     /// Undo optimisations to measure them, comma-separated: kv-concat (grow the KV
     /// cache by concatenation), cross-kv-every-step (recompute the prompt's keys and
-    /// values at every step), kernel-scalar / kernel-avx2 / kernel-avx512 (run the
+    /// values at every step), unfused (a step's layers as candle tensor operations,
+    /// not the fused pass), kernel-scalar / kernel-avx2 / kernel-avx512 (run the
     /// quantized kernels at that level instead of the CPU's best).
     #[arg(long, value_delimiter = ',')]
     ablate: Vec<String>,
@@ -169,11 +170,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         match a.as_str() {
             "kv-concat" => ablation.kv_concat = true,
             "cross-kv-every-step" => ablation.cross_kv_every_step = true,
+            "unfused" => ablation.unfused = true,
             "kernel-scalar" => set_level(Level::Scalar),
             "kernel-avx2" => set_level(Level::Avx2),
             "kernel-avx512" => set_level(Level::Avx512),
             other => bail!(
-                "unknown --ablate \"{other}\" (kv-concat, cross-kv-every-step, kernel-scalar, kernel-avx2, kernel-avx512)"
+                "unknown --ablate \"{other}\" (kv-concat, cross-kv-every-step, unfused, kernel-scalar, kernel-avx2, kernel-avx512)"
             ),
         }
     }
