@@ -388,8 +388,20 @@ impl SelfAttention {
             v.extend_from_slice(&row[2 * d..]);
         }
         let shape = (b, self.num_heads, 1, self.head_dim);
-        let k = Tensor::from_vec(k, shape, device)?.to_dtype(self.kv_dtype)?;
-        let v = Tensor::from_vec(v, shape, device)?.to_dtype(self.kv_dtype)?;
+        let (k, v) = match self.kv_dtype {
+            // half's slice conversion (F16C when present) rounds as candle's does.
+            DType::F16 => {
+                use half::vec::HalfFloatVecExt;
+                (
+                    Tensor::from_vec(Vec::<half::f16>::from_f32_slice(&k), shape, device)?,
+                    Tensor::from_vec(Vec::<half::f16>::from_f32_slice(&v), shape, device)?,
+                )
+            }
+            dtype => (
+                Tensor::from_vec(k, shape, device)?.to_dtype(dtype)?,
+                Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?,
+            ),
+        };
         self.kv_cache.append(&k, &v)?;
         let (Some(k_all), Some(v_all)) = (
             self.kv_cache.k_cache().all_data(),

@@ -44,7 +44,7 @@ fn on_compute_threads(
     f: impl Fn(std::ops::Range<usize>) + Sync + Send,
 ) {
     match workers {
-        ComputeThreads::Candle => candle_core::utils::barrier_pool().execute_chunked(n, f),
+        ComputeThreads::Candle => crate::qgemv::on_candle_workers(n, f),
         ComputeThreads::Rayon => {
             use rayon::prelude::*;
             (0..n).into_par_iter().for_each(|i| f(i..i + 1));
@@ -258,6 +258,73 @@ mod attend64 {
         _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
     }
 
+    /// `e^x` for 8 lanes, Cephes' single-precision method (range reduction by ln 2
+    /// in two parts, a degree-5 polynomial; within 2 ulp of the true value), for
+    /// `x <= 0` (softmax numerators): below -87.3 it returns about 1e-38, not 0.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(
+            _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r),
+            _mm256_set1_ps(1.0),
+        );
+        let scale = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
+    }
+
+    /// `scores` replaced by `e^(s - max)`; returns their sum.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softmax_numerators(scores: &mut [f32]) -> f32 {
+        let len = scores.len();
+        let p = scores.as_mut_ptr();
+        let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut j = 0;
+        while j + 8 <= len {
+            mv = _mm256_max_ps(mv, _mm256_loadu_ps(p.add(j)));
+            j += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
+        let max = lanes
+            .iter()
+            .chain(&scores[j..])
+            .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let (maxv, mut sv) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        let mut j = 0;
+        while j + 8 <= len {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), maxv));
+            _mm256_storeu_ps(p.add(j), e);
+            sv = _mm256_add_ps(sv, e);
+            j += 8;
+        }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sv);
+        let mut sum: f32 = lanes.iter().sum();
+        for s in &mut scores[j..] {
+            *s = _mm256_cvtss_f32(exp8(_mm256_set1_ps(*s - max)));
+            sum += *s;
+        }
+        sum
+    }
+
     /// `out = softmax(q · kᵀ) · v` over the `len` rows of `k` and `v` (64 wide);
     /// `scores` has room for `len`.
     ///
@@ -296,13 +363,7 @@ mod attend64 {
             j += 1;
         }
         let scores = &mut scores[..len];
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / softmax_numerators(scores);
         let vp = v.as_ptr();
         let mut acc = [_mm256_setzero_ps(); 8];
         for (j, &w) in scores.iter().enumerate() {
@@ -640,10 +701,37 @@ mod tests {
     fn single_query_attention_matches_softmax_attention() {
         // 20 wide: the generic path; 64 wide: the register kernel, with lengths
         // whose keys do and do not come in whole fours.
-        for (pairs, cap, len, dh) in [(3, 7, 5, 20), (3, 9, 7, 64), (2, 12, 12, 64), (2, 3, 1, 64)]
-        {
+        for (pairs, cap, len, dh) in [
+            (3, 7, 5, 20),
+            (3, 9, 7, 64),
+            (2, 12, 12, 64),
+            (2, 3, 1, 64),
+            (1, 40, 37, 64),
+        ] {
             attention_case(pairs, cap, len, dh);
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_vector_exp_is_within_two_ulp() {
+        if !has_f16c() {
+            return;
+        }
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let got = unsafe {
+                use std::arch::x86_64::*;
+                _mm256_cvtss_f32(attend64::exp8(_mm256_set1_ps(x)))
+            };
+            let want = (x as f64).exp();
+            let ulp = (want as f32).to_bits().abs_diff(got.to_bits());
+            worst = worst.max(ulp as f64);
+            assert!(ulp <= 2, "exp({x}) = {got}, want {want}");
+        }
+        assert!(worst <= 2.0);
     }
 
     fn attention_case(pairs: usize, cap: usize, len: usize, dh: usize) {

@@ -376,19 +376,8 @@ impl PackedMatrix {
         if !parallel {
             return task(0..self.n);
         }
-        // candle's workers take shares of the rows from a shared cursor, two shares
-        // per thread: long runs of rows keep the prefetchers streaming (musicgen-small
-        // layers, 2 cores: 2 shares 42.6 GB/s, 4: 41.0, 16: 35.8, 32: 26.7), and a
-        // worker that wakes late leaves its second share to the others.
-        let chunks = 2 * pool_threads();
-        let share = self.n.div_ceil(chunks).next_multiple_of(ROWS_PER_TASK);
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        candle_core::utils::barrier_pool().execute(|_| loop {
-            let start = next.fetch_add(share, Ordering::Relaxed);
-            if start >= self.n {
-                break;
-            }
-            task(start..(start + share).min(self.n));
+        on_candle_workers(self.n.div_ceil(ROWS_PER_TASK), |tasks| {
+            task(tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(self.n))
         });
     }
 
@@ -471,6 +460,22 @@ impl PackedMatrix {
 fn pool_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
+
+/// Runs `f` over `0..n` on candle's CPU workers, which take shares from a shared
+/// cursor, two shares per thread: long runs of rows keep the prefetchers streaming
+/// (musicgen-small layers in q4k, 2 cores: 2 shares 42.6 GB/s, 4: 41.0, 16: 35.8,
+/// 32: 26.7), and a worker that wakes late leaves its second share to the others.
+pub fn on_candle_workers(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let share = n.div_ceil(2 * pool_threads()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    candle_core::utils::barrier_pool().execute(|_| loop {
+        let start = next.fetch_add(share, Ordering::Relaxed);
+        if start >= n {
+            break;
+        }
+        f(start..(start + share).min(n));
+    });
 }
 
 /// Weight rows per parallel task.
