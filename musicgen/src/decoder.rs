@@ -583,6 +583,21 @@ fn gelu_erf(v: f32) -> f32 {
     (libm::erff(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
 }
 
+/// [`gelu_erf`] over `x` in place, split over the compute threads (erff is a few
+/// dozen cycles a value, and a step has `ffn_dim` values per row per layer).
+fn gelu_rows(x: &mut [f32], workers: ComputeThreads) {
+    const PART: usize = 2048;
+    let parts: Vec<&mut [f32]> = x.chunks_mut(PART).collect();
+    let parts: Vec<std::sync::Mutex<&mut [f32]>> =
+        parts.into_iter().map(std::sync::Mutex::new).collect();
+    crate::gemv::on_compute_threads(workers, parts.len(), |range| {
+        for part in &parts[range] {
+            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+            part.iter_mut().for_each(|v| *v = gelu_erf(*v));
+        }
+    });
+}
+
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     self_attn: SelfAttention,
@@ -660,7 +675,7 @@ impl DecoderLayer {
         }
         norm_rows(x, &self.final_layer_norm, &mut h)?;
         let mut f = self.fc1.forward_rows(&h, b)?;
-        f.iter_mut().for_each(|v| *v = gelu_erf(*v));
+        gelu_rows(&mut f, self.self_attn.workers);
         let o = self.fc2.forward_rows(&f, b)?;
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         Ok(())

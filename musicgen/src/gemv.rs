@@ -38,7 +38,7 @@ pub enum ComputeThreads {
 }
 
 /// Runs `f` over `0..n` in parallel on `workers`.
-fn on_compute_threads(
+pub(crate) fn on_compute_threads(
     workers: ComputeThreads,
     n: usize,
     f: impl Fn(std::ops::Range<usize>) + Sync + Send,

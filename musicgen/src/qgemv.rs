@@ -608,8 +608,10 @@ impl Activations {
                         a.bsums[b * 8 + s] = sum;
                         a.fsums[b * 8 + s] = d * sum as f32;
                     }
-                    for (&pos, &v) in Q4K_ACT_POS.iter().zip(&q) {
-                        qs[pos as usize] = v;
+                    // q4k_act_pos keeps runs of 4: move 4-byte groups.
+                    for (g, four) in q.chunks_exact(4).enumerate() {
+                        let at = Q4K_ACT_POS[4 * g] as usize;
+                        qs[at..at + 4].copy_from_slice(four);
                     }
                     a.d[b] = d;
                 }
@@ -1216,6 +1218,8 @@ mod tests {
         let mut seen = [false; Q4K_BLOCK];
         for i in 0..Q4K_BLOCK {
             assert_eq!(Q4K_ACT_POS[i] as usize, q4k_act_pos(i));
+            // Runs of four, which the quantizer moves as one.
+            assert_eq!(q4k_act_pos(i), q4k_act_pos(i - i % 4) + i % 4);
             assert!(!std::mem::replace(&mut seen[q4k_act_pos(i)], true));
         }
         assert_eq!(nearest_int(2.5), 2);
