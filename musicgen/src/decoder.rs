@@ -133,24 +133,29 @@ impl Proj {
 impl Proj {
     /// `x · Wᵀ` for `m` rows of f32 on the CPU, as [`Module::forward`] computes it
     /// for a `(m, k)` tensor, without the tensors.
-    pub(crate) fn forward_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    /// The product goes into `y` (resized, reused once it has held that much).
+    pub(crate) fn forward_rows_into(&self, x: &[f32], m: usize, y: &mut Vec<f32>) -> Result<()> {
         match self {
             Proj::Packed(p) if (1..=crate::qgemv::MAX_ROWS).contains(&m) => {
-                let mut y = vec![0f32; m * p.dims().0];
-                p.matmul(x, m, &mut y);
-                Ok(y)
+                y.clear();
+                y.resize(m * p.dims().0, 0.0);
+                p.matmul(x, m, y);
+                Ok(())
             }
-            Proj::Dense(l) if m <= crate::gemv::MAX_ROWS => {
+            Proj::Dense(l) if (1..=crate::gemv::MAX_ROWS).contains(&m) => {
                 let (n, k) = l.weight().dims2()?;
-                let y = crate::gemv::with_f32(l.weight(), |w| {
-                    crate::gemv::rows_times_transposed(ComputeThreads::Rayon, x, m, w, n, k)
+                let done = crate::gemv::with_f32(l.weight(), |w| {
+                    crate::gemv::rows_times_transposed_into(ComputeThreads::Rayon, x, m, w, n, k, y)
                 });
-                match y {
-                    Some(y) => Ok(y),
-                    None => self.forward_tensor_rows(x, m),
+                if done.is_none() {
+                    *y = self.forward_tensor_rows(x, m)?;
                 }
+                Ok(())
             }
-            _ => self.forward_tensor_rows(x, m),
+            _ => {
+                *y = self.forward_tensor_rows(x, m)?;
+                Ok(())
+            }
         }
     }
 
@@ -372,20 +377,19 @@ impl SelfAttention {
     }
 
     /// One step's self-attention for `b` rows `h` (f32, `b x d`), straight from the
-    /// cache buffer: the same arithmetic as `forward` with one query position.
-    fn step(&mut self, h: &[f32], b: usize, device: &Device) -> Result<Option<Vec<f32>>> {
+    /// cache buffer: the same arithmetic as `forward` with one query position. The
+    /// output projection lands in `s.proj`.
+    fn step(&mut self, h: &[f32], b: usize, device: &Device, s: &mut StepScratch) -> Result<()> {
         let d = self.num_heads * self.head_dim;
-        let qkv = self.qkv_proj.forward_rows(h, b)?;
+        self.qkv_proj.forward_rows_into(h, b, &mut s.qkv)?;
         let scale = self.scaling as f32;
-        let (mut q, mut k, mut v) = (
-            Vec::with_capacity(b * d),
-            Vec::with_capacity(b * d),
-            Vec::with_capacity(b * d),
-        );
-        for row in qkv.chunks_exact(3 * d) {
-            q.extend(row[..d].iter().map(|x| x * scale));
-            k.extend_from_slice(&row[d..2 * d]);
-            v.extend_from_slice(&row[2 * d..]);
+        s.q.clear();
+        s.k.clear();
+        s.v.clear();
+        for row in s.qkv.chunks_exact(3 * d) {
+            s.q.extend(row[..d].iter().map(|x| x * scale));
+            s.k.extend_from_slice(&row[d..2 * d]);
+            s.v.extend_from_slice(&row[2 * d..]);
         }
         let shape = (b, self.num_heads, 1, self.head_dim);
         let (k, v) = match self.kv_dtype {
@@ -393,13 +397,13 @@ impl SelfAttention {
             DType::F16 => {
                 use half::vec::HalfFloatVecExt;
                 (
-                    Tensor::from_vec(Vec::<half::f16>::from_f32_slice(&k), shape, device)?,
-                    Tensor::from_vec(Vec::<half::f16>::from_f32_slice(&v), shape, device)?,
+                    Tensor::from_vec(Vec::<half::f16>::from_f32_slice(&s.k), shape, device)?,
+                    Tensor::from_vec(Vec::<half::f16>::from_f32_slice(&s.v), shape, device)?,
                 )
             }
             dtype => (
-                Tensor::from_vec(k, shape, device)?.to_dtype(dtype)?,
-                Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?,
+                Tensor::from_slice(&s.k, shape, device)?.to_dtype(dtype)?,
+                Tensor::from_slice(&s.v, shape, device)?.to_dtype(dtype)?,
             ),
         };
         self.kv_cache.append(&k, &v)?;
@@ -411,10 +415,11 @@ impl SelfAttention {
         };
         let len = self.kv_cache.current_seq_len();
         let pairs = b * self.num_heads;
-        match crate::gemv::attend_rows(self.workers, &q, pairs, k_all, v_all, len)? {
-            Some(out) => Ok(Some(self.out_proj.forward_rows(&out, b)?)),
-            None => candle_core::bail!("the self-attention cache cannot be read in place"),
+        if !crate::gemv::attend_rows_into(self.workers, &s.q, pairs, k_all, v_all, len, &mut s.att)?
+        {
+            candle_core::bail!("the self-attention cache cannot be read in place");
         }
+        self.out_proj.forward_rows_into(&s.att, b, &mut s.proj)
     }
 
     fn reset(&mut self, capacity: usize) {
@@ -531,22 +536,48 @@ impl CrossAttention {
         Ok(Some(self.out_proj.forward(&out)?))
     }
 
-    /// `forward` for one step of f32 rows `h` (`b x d`): the output of row 0 only
-    /// (the others' is zero, see `forward`), or `None` without a prompt.
-    fn step(&self, h: &[f32]) -> Result<Option<Vec<f32>>> {
+    /// `forward` for one step of the conditional row `h` (f32, `d`): its output
+    /// (the other rows' is zero, see `forward`) in `s.proj`; false without a prompt.
+    fn step(&self, h: &[f32], s: &mut StepScratch) -> Result<bool> {
         let Some((k, v)) = &self.kv else {
-            return Ok(None);
+            return Ok(false);
         };
-        let d = self.num_heads * self.head_dim;
         let scale = self.scaling as f32;
-        let q: Vec<f32> = self.q_proj.forward_rows(&h[..d], 1)?;
-        let q: Vec<f32> = q.iter().map(|x| x * scale).collect();
+        self.q_proj.forward_rows_into(h, 1, &mut s.q)?;
+        s.q.iter_mut().for_each(|x| *x *= scale);
         let text_len = k.dim(2)?;
-        match crate::gemv::attend_rows(self.workers, &q, self.num_heads, k, v, text_len)? {
-            Some(out) => Ok(Some(self.out_proj.forward_rows(&out, 1)?)),
-            None => candle_core::bail!("the prompt's keys and values cannot be read in place"),
+        if !crate::gemv::attend_rows_into(
+            self.workers,
+            &s.q,
+            self.num_heads,
+            k,
+            v,
+            text_len,
+            &mut s.att,
+        )? {
+            candle_core::bail!("the prompt's keys and values cannot be read in place");
         }
+        self.out_proj.forward_rows_into(&s.att, 1, &mut s.proj)?;
+        Ok(true)
     }
+}
+
+/// The buffers of a fused step, allocated by the first step of a take (a few
+/// rows of hidden or ffn width each) and reused by every later one.
+#[derive(Debug, Clone, Default)]
+struct StepScratch {
+    /// Normed rows.
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention's output rows.
+    att: Vec<f32>,
+    /// fc1's output.
+    f: Vec<f32>,
+    /// The last projection's output (attention's out_proj, fc2).
+    proj: Vec<f32>,
 }
 
 /// candle's layer norm (`candle_nn::ops::layer_norm`) on one row, the same
@@ -586,15 +617,8 @@ fn gelu_erf(v: f32) -> f32 {
 /// [`gelu_erf`] over `x` in place, split over the compute threads (erff is a few
 /// dozen cycles a value, and a step has `ffn_dim` values per row per layer).
 fn gelu_rows(x: &mut [f32], workers: ComputeThreads) {
-    const PART: usize = 2048;
-    let parts: Vec<&mut [f32]> = x.chunks_mut(PART).collect();
-    let parts: Vec<std::sync::Mutex<&mut [f32]>> =
-        parts.into_iter().map(std::sync::Mutex::new).collect();
-    crate::gemv::on_compute_threads(workers, parts.len(), |range| {
-        for part in &parts[range] {
-            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-            part.iter_mut().for_each(|v| *v = gelu_erf(*v));
-        }
+    crate::gemv::par_pieces_mut(workers, x, 2048, |part| {
+        part.iter_mut().for_each(|v| *v = gelu_erf(*v))
     });
 }
 
@@ -653,31 +677,42 @@ impl DecoderLayer {
     /// `forward` for one step of `b` f32 rows on the CPU, fused: one pass per
     /// sub-block (norm, projections, attention from the cache, residual) over plain
     /// buffers, with the matrices read by the row kernels; `x` is updated in place.
-    fn step(&mut self, x: &mut [f32], b: usize, device: &Device) -> Result<()> {
+    fn step(
+        &mut self,
+        x: &mut [f32],
+        b: usize,
+        device: &Device,
+        s: &mut StepScratch,
+    ) -> Result<()> {
         let d = x.len() / b;
-        let mut h = vec![0f32; x.len()];
+        s.h.clear();
+        s.h.resize(x.len(), 0.0);
         let norm_rows = |x: &[f32], norm: &LayerNorm, h: &mut [f32]| -> Result<()> {
             for (x, h) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 layer_norm_row(x, norm, h)?;
             }
             Ok(())
         };
-        norm_rows(x, &self.self_attn_layer_norm, &mut h)?;
-        let Some(a) = self.self_attn.step(&h, b, device)? else {
-            candle_core::bail!("self-attention did not run");
-        };
-        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        norm_rows(x, &self.self_attn_layer_norm, &mut s.h)?;
+        let h = std::mem::take(&mut s.h);
+        let done = self.self_attn.step(&h, b, device, s);
+        s.h = h;
+        done?;
+        x.iter_mut().zip(&s.proj).for_each(|(x, a)| *x += a);
         if let Some((attn, norm)) = &self.encoder_attn {
-            layer_norm_row(&x[..d], norm, &mut h[..d])?;
-            if let Some(a) = attn.step(&h[..d])? {
-                x[..d].iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+            layer_norm_row(&x[..d], norm, &mut s.h[..d])?;
+            let h = std::mem::take(&mut s.h);
+            let ran = attn.step(&h[..d], s);
+            s.h = h;
+            if ran? {
+                x[..d].iter_mut().zip(&s.proj).for_each(|(x, a)| *x += a);
             }
         }
-        norm_rows(x, &self.final_layer_norm, &mut h)?;
-        let mut f = self.fc1.forward_rows(&h, b)?;
-        gelu_rows(&mut f, self.self_attn.workers);
-        let o = self.fc2.forward_rows(&f, b)?;
-        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+        norm_rows(x, &self.final_layer_norm, &mut s.h)?;
+        self.fc1.forward_rows_into(&s.h, b, &mut s.f)?;
+        gelu_rows(&mut s.f, self.self_attn.workers);
+        self.fc2.forward_rows_into(&s.f, b, &mut s.proj)?;
+        x.iter_mut().zip(&s.proj).for_each(|(x, o)| *x += o);
         Ok(())
     }
 
@@ -712,6 +747,8 @@ pub struct Decoder {
     prefix: Option<Tensor>,
     /// `Ablation::unfused`.
     unfused: bool,
+    /// The fused step's buffers.
+    scratch: StepScratch,
 }
 
 impl Decoder {
@@ -755,6 +792,7 @@ impl Decoder {
             offset: 0,
             prefix: None,
             unfused: false,
+            scratch: StepScratch::default(),
         })
     }
 
@@ -829,6 +867,7 @@ impl Decoder {
     pub fn release(&mut self) {
         self.offset = 0;
         self.prefix = None;
+        self.scratch = StepScratch::default();
         for layer in self.layers.iter_mut() {
             layer.self_attn.reset(1);
             if let Some((attn, _)) = &mut layer.encoder_attn {
@@ -889,7 +928,7 @@ impl Decoder {
             let device = x.device().clone();
             let mut rows = x.flatten_all()?.to_vec1::<f32>()?;
             for layer in self.layers.iter_mut() {
-                layer.step(&mut rows, b, &device)?;
+                layer.step(&mut rows, b, &device, &mut self.scratch)?;
             }
             x = Tensor::from_vec(rows, x.shape(), &device)?;
         } else {

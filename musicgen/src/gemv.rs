@@ -52,6 +52,24 @@ pub(crate) fn on_compute_threads(
     }
 }
 
+/// `f` on each `part`-long piece of `x`, the pieces split over `workers`.
+pub(crate) fn par_pieces_mut(
+    workers: ComputeThreads,
+    x: &mut [f32],
+    part: usize,
+    f: impl Fn(&mut [f32]) + Sync,
+) {
+    let (len, parts) = (x.len(), x.len().div_ceil(part.max(1)));
+    let shared = SharedOut(x.as_mut_ptr());
+    on_compute_threads(workers, parts, |range| {
+        for p in range {
+            let start = p * part;
+            // SAFETY: piece p alone is [start, start + part) within x.
+            f(unsafe { shared.slice(start, part.min(len - start)) });
+        }
+    });
+}
+
 /// Activation rows up to which this path is used.
 pub const MAX_ROWS: usize = 4;
 
@@ -472,7 +490,7 @@ fn task(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
 }
 
 /// `y = x · wᵀ` for `x` of `m` rows of length `k` and `w` of `n` rows of length `k`;
-/// `y` is `m` rows of length `n`. Runs on the current rayon pool.
+/// `y` is `m` rows of length `n`.
 pub fn rows_times_transposed(
     workers: ComputeThreads,
     x: &[f32],
@@ -481,29 +499,50 @@ pub fn rows_times_transposed(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
+    let mut y = Vec::new();
+    rows_times_transposed_into(workers, x, m, w, n, k, &mut y);
+    y
+}
+
+/// [`rows_times_transposed`] into `y` (resized to `m x n`, reused without
+/// allocating once it has held that much).
+pub fn rows_times_transposed_into(
+    workers: ComputeThreads,
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    y: &mut Vec<f32>,
+) {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.len(), n * k);
-    // Computed column-major (one weight row gives one value per activation row),
-    // then transposed: the output is tiny next to the weights.
-    let mut yt = vec![0f32; n * m];
+    assert!(m <= MAX_ROWS, "{m} rows");
+    y.clear();
+    y.resize(m * n, 0.0);
     let tasks = n.div_ceil(ROWS_PER_TASK);
-    let out = SharedOut(yt.as_mut_ptr());
+    let out = SharedOut(y.as_mut_ptr());
     on_compute_threads(workers, tasks, |range| {
         for t in range {
             let first = t * ROWS_PER_TASK;
             let rows = ROWS_PER_TASK.min(n - first);
-            // SAFETY: task t alone writes rows [first, first + rows) of yt.
-            let out = unsafe { out.slice(first * m, rows * m) };
-            task(x, m, k, &w[first * k..(first + rows) * k], out);
+            // One value per activation row for each weight row, then into place.
+            let mut yt = [0f32; ROWS_PER_TASK * MAX_ROWS];
+            task(
+                x,
+                m,
+                k,
+                &w[first * k..(first + rows) * k],
+                &mut yt[..rows * m],
+            );
+            for j in 0..rows {
+                for r in 0..m {
+                    // SAFETY: task t alone writes columns [first, first + rows).
+                    unsafe { out.slice(r * n + first + j, 1)[0] = yt[j * m + r] };
+                }
+            }
         }
     });
-    let mut y = vec![0f32; m * n];
-    for j in 0..n {
-        for r in 0..m {
-            y[r * n + j] = yt[j * m + r];
-        }
-    }
-    y
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
@@ -566,6 +605,7 @@ fn dot_auto(a: &[f32], b: &[f32]) -> f32 {
 /// positions. `q` is `(pairs, dh)`, `k` and `v` are `(pairs, cap, dh)`. Reads
 /// the cache once, with no copies of it.
 #[allow(clippy::too_many_arguments)]
+#[cfg(test)]
 pub fn attend_one<T: KvElem>(
     workers: ComputeThreads,
     q: &[f32],
@@ -577,6 +617,25 @@ pub fn attend_one<T: KvElem>(
     dh: usize,
 ) -> Vec<f32> {
     let mut out = vec![0f32; pairs * dh];
+    attend_one_into(workers, q, k, v, pairs, cap, len, dh, &mut out);
+    out
+}
+
+/// [`attend_one`] into `out` (`pairs x dh`).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_one_into<T: KvElem>(
+    workers: ComputeThreads,
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    pairs: usize,
+    cap: usize,
+    len: usize,
+    dh: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(out.len(), pairs * dh);
+    out.fill(0.0);
     let shared = SharedOut(out.as_mut_ptr());
     on_compute_threads(workers, pairs, |range| {
         for p in range {
@@ -586,17 +645,29 @@ pub fn attend_one<T: KvElem>(
             attend_pair(&q[p * dh..(p + 1) * dh], &k[at.clone()], &v[at], dh, out);
         }
     });
-    out
 }
 
 fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if dh == 64 && has_f16c() {
+        thread_local! {
+            // The scores of one pair, reused (a window's cache is at most a few
+            // thousand positions).
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let len = k.len() / dh;
-        let mut scores = vec![0f32; len];
-        // SAFETY: the CPU has the features; q and out are dh = 64 long, k and v
-        // hold len rows of 64.
-        unsafe { attend64::attend(q, k, v, len, &mut scores, out) };
+        let mut run = |scores: &mut Vec<f32>| {
+            if scores.len() < len {
+                scores.resize(len, 0.0);
+            }
+            // SAFETY: the CPU has the features; q and out are dh = 64 long, k and v
+            // hold len rows of 64.
+            unsafe { attend64::attend(q, k, v, len, scores, out) };
+        };
+        SCORES.with(|s| match s.try_borrow_mut() {
+            Ok(mut scores) => run(&mut scores),
+            Err(_) => run(&mut Vec::new()),
+        });
         return;
     }
     let mut scores: Vec<f32> = k.chunks_exact(dh).map(|row| T::dot(q, row)).collect();
@@ -635,42 +706,48 @@ pub fn attend_rows(
     v_all: &Tensor,
     len: usize,
 ) -> Result<Option<Vec<f32>>> {
+    let mut out = Vec::new();
+    Ok(attend_rows_into(workers, q, pairs, k_all, v_all, len, &mut out)?.then_some(out))
+}
+
+/// [`attend_rows`] into `out` (resized to `pairs x dh`); false when the tensors
+/// do not fit.
+pub fn attend_rows_into(
+    workers: ComputeThreads,
+    q: &[f32],
+    pairs: usize,
+    k_all: &Tensor,
+    v_all: &Tensor,
+    len: usize,
+    out: &mut Vec<f32>,
+) -> Result<bool> {
     let (b, h, cap, dh) = k_all.dims4()?;
     if b * h != pairs || q.len() != pairs * dh || len == 0 || len > cap {
-        return Ok(None);
+        return Ok(false);
     }
     let (ks, kl) = k_all.storage_and_layout();
     let (vs, vl) = v_all.storage_and_layout();
     let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
-        return Ok(None);
+        return Ok(false);
     };
     let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets())
     else {
-        return Ok(None);
+        return Ok(false);
     };
-    Ok(match (ks, vs) {
-        (CpuStorage::F32(k), CpuStorage::F32(v)) => Some(attend_one(
-            workers,
-            q,
-            &k[k0..k1],
-            &v[v0..v1],
-            pairs,
-            cap,
-            len,
-            dh,
-        )),
-        (CpuStorage::F16(k), CpuStorage::F16(v)) => Some(attend_one(
-            workers,
-            q,
-            &k[k0..k1],
-            &v[v0..v1],
-            pairs,
-            cap,
-            len,
-            dh,
-        )),
-        _ => None,
-    })
+    out.clear();
+    out.resize(pairs * dh, 0.0);
+    match (ks, vs) {
+        (CpuStorage::F32(k), CpuStorage::F32(v)) => {
+            let (k, v) = (&k[k0..k1], &v[v0..v1]);
+            attend_one_into(workers, q, k, v, pairs, cap, len, dh, out)
+        }
+        (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+            let (k, v) = (&k[k0..k1], &v[v0..v1]);
+            attend_one_into(workers, q, k, v, pairs, cap, len, dh, out)
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// [`attend_rows`] for a query tensor `(batch, heads, 1, dh)`.

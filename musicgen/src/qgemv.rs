@@ -363,10 +363,37 @@ impl PackedMatrix {
         assert_eq!(x.len(), m * self.k);
         assert_eq!(y.len(), m * self.n);
         let level = self.usable(level);
-        let act = Activations::quantize(self.format, x, m, self.k);
+        thread_local! {
+            // The activations' buffers, reused from product to product.
+            static ACT: std::cell::RefCell<Activations> = std::cell::RefCell::new(
+                Activations::quantize(Format::Q8_0, &[], 0, 32),
+            );
+        }
+        ACT.with(|act| match act.try_borrow_mut() {
+            Ok(mut act) => {
+                act.quantize_into(self.format, x, m, self.k);
+                self.matmul_quantized(level, &act, m, y, parallel)
+            }
+            // Re-entered on this thread (not done by the engine): fresh buffers.
+            Err(_) => {
+                let act = Activations::quantize(self.format, x, m, self.k);
+                self.matmul_quantized(level, &act, m, y, parallel)
+            }
+        })
+    }
+
+    fn matmul_quantized(
+        &self,
+        level: Level,
+        act: &Activations,
+        m: usize,
+        y: &mut [f32],
+        parallel: bool,
+    ) {
+        debug_assert_eq!(y.len(), m * self.n);
         let out = SharedOut(y.as_mut_ptr());
         let task = |rows: std::ops::Range<usize>| {
-            self.rows_dots(level, rows, &act, &mut |i, dots| {
+            self.rows_dots(level, rows, act, &mut |i, dots| {
                 for (r, d) in dots.iter().enumerate() {
                     // SAFETY: row i of the weights is this task's alone; y is m x n.
                     unsafe { out.write(r * self.n + i, *d) };
@@ -572,21 +599,35 @@ impl Activations {
     pub fn quantize(format: Format, x: &[f32], m: usize, k: usize) -> Self {
         let mut a = Activations {
             k,
-            qs: vec![0; m * k],
+            qs: Vec::new(),
             d: Vec::new(),
             bsums: Vec::new(),
             fsums: Vec::new(),
             lanes: Vec::new(),
             corr: Vec::new(),
         };
+        a.quantize_into(format, x, m, k);
+        a
+    }
+
+    /// [`Activations::quantize`] into these buffers, which grow to the largest
+    /// rows they have held and are then reused.
+    fn quantize_into(&mut self, format: Format, x: &[f32], m: usize, k: usize) {
+        fn zeroed<T: Copy>(v: &mut Vec<T>, len: usize, zero: T) {
+            v.clear();
+            v.resize(len, zero);
+        }
+        let a = self;
+        a.k = k;
+        zeroed(&mut a.qs, m * k, 0);
         match format {
             Format::Q4K => {
                 // q8_K: scale -max/127 with the sign of the largest magnitude, rounded
                 // to nearest (ties to even, as ggml's `nearest_int`); stored in the
                 // lane order of the weights (`q4k_act_pos`).
-                a.d = vec![0.0; m * k / Q4K_BLOCK];
-                a.bsums = vec![0; m * k / 32];
-                a.fsums = vec![0.0; m * k / 32];
+                zeroed(&mut a.d, m * k / Q4K_BLOCK, 0.0);
+                zeroed(&mut a.bsums, m * k / 32, 0);
+                zeroed(&mut a.fsums, m * k / 32, 0.0);
                 let mut q = [0i8; Q4K_BLOCK];
                 for (b, (xs, qs)) in x
                     .chunks_exact(Q4K_BLOCK)
@@ -617,8 +658,8 @@ impl Activations {
                 }
             }
             Format::Q8_0 => {
-                a.d = vec![0.0; m * k / Q8_0_BLOCK];
-                a.corr = vec![0.0; m * k / Q8_0_BLOCK];
+                zeroed(&mut a.d, m * k / Q8_0_BLOCK, 0.0);
+                zeroed(&mut a.corr, m * k / Q8_0_BLOCK, 0.0);
                 for (b, (xs, qs)) in x
                     .chunks_exact(Q8_0_BLOCK)
                     .zip(a.qs.chunks_exact_mut(Q8_0_BLOCK))
@@ -634,10 +675,10 @@ impl Activations {
                     a.d[b] = d;
                     a.corr[b] = 128.0 * d * sum as f32;
                 }
-                a.lanes = a.d.iter().flat_map(|&d| [d; 8]).collect();
+                a.lanes.clear();
+                a.lanes.extend(a.d.iter().flat_map(|&d| [d; 8]));
             }
         }
-        a
     }
 
     fn rows(&self) -> usize {
