@@ -133,8 +133,16 @@ impl Proj {
 impl Proj {
     /// `x · Wᵀ` for `m` rows of f32 on the CPU, as [`Module::forward`] computes it
     /// for a `(m, k)` tensor, without the tensors.
-    /// The product goes into `y` (resized, reused once it has held that much).
-    pub(crate) fn forward_rows_into(&self, x: &[f32], m: usize, y: &mut Vec<f32>) -> Result<()> {
+    /// The product goes into `y` (resized, reused once it has held that much). A
+    /// float matrix's product runs on `workers` (a quantized one's always on
+    /// candle's).
+    pub(crate) fn forward_rows_into(
+        &self,
+        workers: ComputeThreads,
+        x: &[f32],
+        m: usize,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
         match self {
             Proj::Packed(p) if (1..=crate::qgemv::MAX_ROWS).contains(&m) => {
                 y.clear();
@@ -145,7 +153,7 @@ impl Proj {
             Proj::Dense(l) if (1..=crate::gemv::MAX_ROWS).contains(&m) => {
                 let (n, k) = l.weight().dims2()?;
                 let done = crate::gemv::with_f32(l.weight(), |w| {
-                    crate::gemv::rows_times_transposed_into(ComputeThreads::Rayon, x, m, w, n, k, y)
+                    crate::gemv::rows_times_transposed_into(workers, x, m, w, n, k, y)
                 });
                 if done.is_none() {
                     *y = self.forward_tensor_rows(x, m)?;
@@ -381,7 +389,8 @@ impl SelfAttention {
     /// output projection lands in `s.proj`.
     fn step(&mut self, h: &[f32], b: usize, device: &Device, s: &mut StepScratch) -> Result<()> {
         let d = self.num_heads * self.head_dim;
-        self.qkv_proj.forward_rows_into(h, b, &mut s.qkv)?;
+        self.qkv_proj
+            .forward_rows_into(self.workers, h, b, &mut s.qkv)?;
         let scale = self.scaling as f32;
         s.q.clear();
         s.k.clear();
@@ -419,7 +428,8 @@ impl SelfAttention {
         {
             candle_core::bail!("the self-attention cache cannot be read in place");
         }
-        self.out_proj.forward_rows_into(&s.att, b, &mut s.proj)
+        self.out_proj
+            .forward_rows_into(self.workers, &s.att, b, &mut s.proj)
     }
 
     fn reset(&mut self, capacity: usize) {
@@ -543,7 +553,8 @@ impl CrossAttention {
             return Ok(false);
         };
         let scale = self.scaling as f32;
-        self.q_proj.forward_rows_into(h, 1, &mut s.q)?;
+        self.q_proj
+            .forward_rows_into(self.workers, h, 1, &mut s.q)?;
         s.q.iter_mut().for_each(|x| *x *= scale);
         let text_len = k.dim(2)?;
         if !crate::gemv::attend_rows_into(
@@ -557,7 +568,8 @@ impl CrossAttention {
         )? {
             candle_core::bail!("the prompt's keys and values cannot be read in place");
         }
-        self.out_proj.forward_rows_into(&s.att, 1, &mut s.proj)?;
+        self.out_proj
+            .forward_rows_into(self.workers, &s.att, 1, &mut s.proj)?;
         Ok(true)
     }
 }
@@ -709,9 +721,11 @@ impl DecoderLayer {
             }
         }
         norm_rows(x, &self.final_layer_norm, &mut s.h)?;
-        self.fc1.forward_rows_into(&s.h, b, &mut s.f)?;
+        self.fc1
+            .forward_rows_into(self.self_attn.workers, &s.h, b, &mut s.f)?;
         gelu_rows(&mut s.f, self.self_attn.workers);
-        self.fc2.forward_rows_into(&s.f, b, &mut s.proj)?;
+        self.fc2
+            .forward_rows_into(self.self_attn.workers, &s.f, b, &mut s.proj)?;
         x.iter_mut().zip(&s.proj).for_each(|(x, o)| *x += o);
         Ok(())
     }
@@ -930,7 +944,23 @@ impl Decoder {
             for layer in self.layers.iter_mut() {
                 layer.step(&mut rows, b, &device, &mut self.scratch)?;
             }
-            x = Tensor::from_vec(rows, x.shape(), &device)?;
+            // The final norm and the LM heads, on the layers' threads too.
+            self.offset += total;
+            let d = rows.len() / b;
+            let s = &mut self.scratch;
+            s.h.clear();
+            s.h.resize(rows.len(), 0.0);
+            for (x, h) in rows.chunks_exact(d).zip(s.h.chunks_exact_mut(d)) {
+                layer_norm_row(x, &self.layer_norm, h)?;
+            }
+            let workers = self
+                .layers
+                .first()
+                .map_or(ComputeThreads::Rayon, |l| l.self_attn.workers);
+            let mut logits = Vec::new();
+            self.lm_heads
+                .forward_rows_into(workers, &s.h, b, &mut logits)?;
+            return Tensor::from_vec(logits, (b, k, 1, self.vocab_size), &device);
         } else {
             for layer in self.layers.iter_mut() {
                 x = layer.forward(&x, mask.as_ref())?;
