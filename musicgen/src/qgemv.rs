@@ -371,7 +371,7 @@ impl PackedMatrix {
         }
         ACT.with(|act| match act.try_borrow_mut() {
             Ok(mut act) => {
-                act.quantize_into(self.format, x, m, self.k);
+                act.quantize_into(level, self.format, x, m, self.k);
                 self.matmul_quantized(level, &act, m, y, parallel)
             }
             // Re-entered on this thread (not done by the engine): fresh buffers.
@@ -576,6 +576,49 @@ impl SharedOut {
     }
 }
 
+/// One q8_K block (256 values, for q4k weights) as ggml quantizes it: scale
+/// -max/127 with the sign of the largest magnitude, rounded to nearest (ties to
+/// even, as ggml's `nearest_int`), stored in the lane order of the weights
+/// (`q4k_act_pos`); each 32 values' sum (`bsums`) and the same times the scale
+/// (`fsums`). Returns the scale (0 for a block of zeros, left all zero).
+fn q8k_block(xs: &[f32], qs: &mut [i8], bsums: &mut [i16], fsums: &mut [f32]) -> f32 {
+    let amax = abs_max(xs);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    let max = *xs.iter().find(|v| v.abs() == amax).unwrap_or(&amax);
+    let iscale = -127.0 / max;
+    let d = 1.0 / iscale;
+    let mut q = [0i8; Q4K_BLOCK];
+    for (q, &v) in q.iter_mut().zip(xs) {
+        *q = nearest_int(iscale * v).clamp(-128, 127) as i8;
+    }
+    for (s, chunk) in q.chunks_exact(32).enumerate() {
+        let sum: i16 = chunk.iter().map(|&q| q as i16).sum();
+        bsums[s] = sum;
+        fsums[s] = d * sum as f32;
+    }
+    // q4k_act_pos keeps runs of 4: move 4-byte groups.
+    for (g, four) in q.chunks_exact(4).enumerate() {
+        let at = Q4K_ACT_POS[4 * g] as usize;
+        qs[at..at + 4].copy_from_slice(four);
+    }
+    d
+}
+
+/// One q8_0 block (32 values) as ggml quantizes it: scale max/127, rounded to
+/// nearest. Returns the scale and the sum of the quantized values.
+fn q8_0_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+    let d = abs_max(xs) / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = nearest_int(v * id) as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
+}
+
 /// Activation rows quantized for one format.
 pub struct Activations {
     k: usize,
@@ -606,13 +649,14 @@ impl Activations {
             lanes: Vec::new(),
             corr: Vec::new(),
         };
-        a.quantize_into(format, x, m, k);
+        a.quantize_into(level(), format, x, m, k);
         a
     }
 
     /// [`Activations::quantize`] into these buffers, which grow to the largest
-    /// rows they have held and are then reused.
-    fn quantize_into(&mut self, format: Format, x: &[f32], m: usize, k: usize) {
+    /// rows they have held and are then reused, with `level`'s code (every level
+    /// gives the same values).
+    fn quantize_into(&mut self, level: Level, format: Format, x: &[f32], m: usize, k: usize) {
         fn zeroed<T: Copy>(v: &mut Vec<T>, len: usize, zero: T) {
             v.clear();
             v.resize(len, zero);
@@ -628,33 +672,24 @@ impl Activations {
                 zeroed(&mut a.d, m * k / Q4K_BLOCK, 0.0);
                 zeroed(&mut a.bsums, m * k / 32, 0);
                 zeroed(&mut a.fsums, m * k / 32, 0.0);
-                let mut q = [0i8; Q4K_BLOCK];
                 for (b, (xs, qs)) in x
                     .chunks_exact(Q4K_BLOCK)
                     .zip(a.qs.chunks_exact_mut(Q4K_BLOCK))
                     .enumerate()
                 {
-                    let amax = abs_max(xs);
-                    if amax == 0.0 {
-                        continue;
-                    }
-                    let max = *xs.iter().find(|v| v.abs() == amax).unwrap_or(&amax);
-                    let iscale = -127.0 / max;
-                    let d = 1.0 / iscale;
-                    for (q, &v) in q.iter_mut().zip(xs) {
-                        *q = nearest_int(iscale * v).clamp(-128, 127) as i8;
-                    }
-                    for (s, chunk) in q.chunks_exact(32).enumerate() {
-                        let sum: i16 = chunk.iter().map(|&q| q as i16).sum();
-                        a.bsums[b * 8 + s] = sum;
-                        a.fsums[b * 8 + s] = d * sum as f32;
-                    }
-                    // q4k_act_pos keeps runs of 4: move 4-byte groups.
-                    for (g, four) in q.chunks_exact(4).enumerate() {
-                        let at = Q4K_ACT_POS[4 * g] as usize;
-                        qs[at..at + 4].copy_from_slice(four);
-                    }
-                    a.d[b] = d;
+                    let (bsums, fsums) = (
+                        &mut a.bsums[b * 8..b * 8 + 8],
+                        &mut a.fsums[b * 8..b * 8 + 8],
+                    );
+                    a.d[b] = match level {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the level was detected on this CPU; the slices
+                        // hold a block.
+                        Level::Avx512 | Level::Avx512Vnni => unsafe {
+                            x86::q8k_block_512(xs, qs, bsums, fsums)
+                        },
+                        _ => q8k_block(xs, qs, bsums, fsums),
+                    };
                 }
             }
             Format::Q8_0 => {
@@ -665,13 +700,13 @@ impl Activations {
                     .zip(a.qs.chunks_exact_mut(Q8_0_BLOCK))
                     .enumerate()
                 {
-                    let d = abs_max(xs) / 127.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (q, &v) in qs.iter_mut().zip(xs) {
-                        *q = nearest_int(v * id) as i8;
-                        sum += *q as i32;
-                    }
+                    let (d, sum) = match level {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the level was detected on this CPU; the slices
+                        // hold a block.
+                        Level::Avx512 | Level::Avx512Vnni => unsafe { x86::q8_0_block_512(xs, qs) },
+                        _ => q8_0_block(xs, qs),
+                    };
                     a.d[b] = d;
                     a.corr[b] = 128.0 * d * sum as f32;
                 }
@@ -758,6 +793,103 @@ mod x86 {
             _mm256_castps256_ps128(v),
             _mm256_extractf128_ps(v, 1),
         ))
+    }
+
+    /// The largest magnitude of `xs` (16 values a vector): `max(|v|, m)` keeps `m`
+    /// for a NaN, as `abs_max` does.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn abs_max_512(xs: &[f32]) -> f32 {
+        let mut m = _mm512_setzero_ps();
+        for c in xs.chunks_exact(16) {
+            let v = _mm512_abs_ps(_mm512_loadu_ps(c.as_ptr()));
+            m = _mm512_max_ps(v, m);
+        }
+        _mm512_reduce_max_ps(m)
+    }
+
+    /// ggml's `nearest_int` of 16 values at once (see `super::nearest_int`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn nearest_int_512(x: __m512) -> __m512i {
+        let v = _mm512_add_ps(x, _mm512_set1_ps(12_582_912.0));
+        _mm512_sub_epi32(
+            _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x007f_ffff)),
+            _mm512_set1_epi32(0x0040_0000),
+        )
+    }
+
+    /// `super::q8k_block`, 16 values at a time: the same operations on each value.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn q8k_block_512(
+        xs: &[f32],
+        qs: &mut [i8],
+        bsums: &mut [i16],
+        fsums: &mut [f32],
+    ) -> f32 {
+        assert!(xs.len() == 256 && qs.len() == 256 && bsums.len() == 8 && fsums.len() == 8);
+        let amax = abs_max_512(xs);
+        if amax == 0.0 {
+            return 0.0;
+        }
+        // The first value of that magnitude gives the sign.
+        let target = _mm512_set1_ps(amax);
+        let mut max = amax;
+        for (c, v) in xs.chunks_exact(16).enumerate() {
+            let hit = _mm512_cmpeq_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(v.as_ptr())), target);
+            if hit != 0 {
+                max = xs[16 * c + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let d = 1.0 / iscale;
+        let is = _mm512_set1_ps(iscale);
+        let (lo, hi) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
+        for s in 0..8 {
+            let mut sum = _mm512_setzero_si512();
+            for half in 0..2 {
+                let c = 2 * s + half;
+                let v = _mm512_loadu_ps(xs.as_ptr().add(16 * c));
+                let q = _mm512_min_epi32(
+                    _mm512_max_epi32(nearest_int_512(_mm512_mul_ps(is, v)), lo),
+                    hi,
+                );
+                sum = _mm512_add_epi32(sum, q);
+                // Values 16c..16c + 16: four runs of 4, each to its place in the
+                // lane order (`Q4K_ACT_POS`).
+                let bytes: [u32; 4] = std::mem::transmute(_mm512_cvtepi32_epi8(q));
+                for (g, four) in bytes.iter().enumerate() {
+                    let at = super::Q4K_ACT_POS[16 * c + 4 * g] as usize;
+                    std::ptr::write_unaligned(qs.as_mut_ptr().add(at) as *mut u32, *four);
+                }
+            }
+            let total = _mm512_reduce_add_epi32(sum);
+            bsums[s] = total as i16;
+            fsums[s] = d * total as f32;
+        }
+        d
+    }
+
+    /// `super::q8_0_block`, 16 values at a time.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn q8_0_block_512(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+        assert!(xs.len() == 32 && qs.len() == 32);
+        let v = [
+            _mm512_loadu_ps(xs.as_ptr()),
+            _mm512_loadu_ps(xs.as_ptr().add(16)),
+        ];
+        let m = _mm512_max_ps(
+            _mm512_abs_ps(v[1]),
+            _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()),
+        );
+        let d = _mm512_reduce_max_ps(m) / 127.0;
+        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let q = v.map(|v| nearest_int_512(_mm512_mul_ps(v, id)));
+        _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q[0]));
+        _mm_storeu_si128(
+            qs.as_mut_ptr().add(16) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q[1]),
+        );
+        (d, _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1])))
     }
 
     /// d and dmin of a block, as f32.
@@ -1168,6 +1300,43 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_quantizes_the_activations_alike() {
+        let k = 1024;
+        let mut x = matrix(3, k, 5);
+        // Halves that round to even, a block of zeros, NaNs, a largest magnitude
+        // that comes twice with both signs, and values that round to the limits.
+        for (i, v) in x[..64].iter_mut().enumerate() {
+            *v = (i as f32 - 32.0) * 0.5;
+        }
+        x[256..512].fill(0.0);
+        x[600] = f32::NAN;
+        x[700] = -3.0;
+        x[710] = 3.0;
+        x[1024 + 3] = f32::NAN;
+        x[1024 + 300] = -1e-30;
+        x[2048..2048 + 32].copy_from_slice(&[127.49; 32]);
+        for format in [Format::Q4K, Format::Q8_0] {
+            let mut want = Activations::quantize(format, &[], 0, 32);
+            want.quantize_into(Level::Scalar, format, &x, 3, k);
+            for level in Level::available() {
+                let mut got = Activations::quantize(format, &[], 0, 32);
+                got.quantize_into(level, format, &x, 3, k);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(got.qs, want.qs, "{format:?} {level:?}");
+                assert_eq!(bits(&got.d), bits(&want.d), "{format:?} {level:?}");
+                assert_eq!(got.bsums, want.bsums, "{format:?} {level:?}");
+                assert_eq!(bits(&got.fsums), bits(&want.fsums), "{format:?} {level:?}");
+                assert_eq!(bits(&got.lanes), bits(&want.lanes), "{format:?} {level:?}");
+                assert_eq!(bits(&got.corr), bits(&want.corr), "{format:?} {level:?}");
+            }
+            // The first values: the halves, rounded to even.
+            if format == Format::Q8_0 {
+                assert_eq!(&want.qs[30..34], &[-8, -4, 0, 4]);
             }
         }
     }
