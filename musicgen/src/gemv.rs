@@ -368,8 +368,17 @@ mod attend64 {
             }
             a
         };
+        // The value rows are wanted right after the keys: their lines are fetched
+        // while the keys are dotted, so the two passes overlap with memory.
+        let vb = v.as_ptr() as *const i8;
+        let row_bytes = 64 * std::mem::size_of::<T>();
         let mut j = 0;
         while j + 4 <= len {
+            let mut off = row_bytes * j;
+            while off < row_bytes * (j + 4) {
+                _mm_prefetch::<_MM_HINT_T0>(vb.add(off));
+                off += 64;
+            }
             let s = sum4(dot(j), dot(j + 1), dot(j + 2), dot(j + 3));
             _mm_storeu_ps(scores.as_mut_ptr().add(j), s);
             j += 4;
