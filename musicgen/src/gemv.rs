@@ -344,7 +344,8 @@ mod attend64 {
     }
 
     /// `out = softmax(q · kᵀ) · v` over the `len` rows of `k` and `v` (64 wide);
-    /// `scores` has room for `len`.
+    /// `scores` has room for `len`. The rows of `next` (the keys the caller reads
+    /// next, if any) are fetched during the second pass.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `q` and `out` are 64 long, `k` and `v` at
@@ -354,6 +355,7 @@ mod attend64 {
         q: &[f32],
         k: &[T],
         v: &[T],
+        next: &[T],
         len: usize,
         scores: &mut [f32],
         out: &mut [f32],
@@ -392,8 +394,16 @@ mod attend64 {
         let scores = &mut scores[..len];
         let inv = 1.0 / softmax_numerators(scores);
         let vp = v.as_ptr();
+        let (nb, next_rows) = (next.as_ptr() as *const i8, next.len() / 64);
         let mut acc = [_mm256_setzero_ps(); 8];
         for (j, &w) in scores.iter().enumerate() {
+            if j < next_rows {
+                let mut off = row_bytes * j;
+                while off < row_bytes * (j + 1) {
+                    _mm_prefetch::<_MM_HINT_T0>(nb.add(off));
+                    off += 64;
+                }
+            }
             let w = _mm256_set1_ps(w * inv);
             let row = vp.add(64 * j);
             for (c, a) in acc.iter_mut().enumerate() {
@@ -647,16 +657,29 @@ pub fn attend_one_into<T: KvElem>(
     out.fill(0.0);
     let shared = SharedOut(out.as_mut_ptr());
     on_compute_threads(workers, pairs, |range| {
-        for p in range {
+        for p in range.clone() {
             // SAFETY: pair p alone writes out[p * dh..(p + 1) * dh].
             let out = unsafe { shared.slice(p * dh, dh) };
             let at = p * cap * dh..(p * cap + len) * dh;
-            attend_pair(&q[p * dh..(p + 1) * dh], &k[at.clone()], &v[at], dh, out);
+            // The next pair's keys, fetched during this pair's second pass.
+            let next = if p + 1 < range.end {
+                &k[at.start + cap * dh..at.end + cap * dh]
+            } else {
+                &[]
+            };
+            attend_pair(
+                &q[p * dh..(p + 1) * dh],
+                &k[at.clone()],
+                &v[at],
+                next,
+                dh,
+                out,
+            );
         }
     });
 }
 
-fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32]) {
+fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], next: &[T], dh: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if dh == 64 && has_f16c() {
         thread_local! {
@@ -671,7 +694,7 @@ fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], dh: usize, out: &mut [f32
             }
             // SAFETY: the CPU has the features; q and out are dh = 64 long, k and v
             // hold len rows of 64.
-            unsafe { attend64::attend(q, k, v, len, scores, out) };
+            unsafe { attend64::attend(q, k, v, next, len, scores, out) };
         };
         SCORES.with(|s| match s.try_borrow_mut() {
             Ok(mut scores) => run(&mut scores),
