@@ -621,17 +621,21 @@ fn layer_norm_row(x: &[f32], norm: &LayerNorm, out: &mut [f32]) -> Result<()> {
     }
 }
 
-/// candle's `gelu_erf` for f32.
-fn gelu_erf(v: f32) -> f32 {
-    (libm::erff(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+/// GELU (erf) over `x` in place ([`crate::gemv::gelu_erf_in_place`]), split over
+/// the compute threads (a step has `ffn_dim` values per row per layer).
+fn gelu_rows(x: &mut [f32], workers: ComputeThreads) {
+    crate::gemv::par_pieces_mut(workers, x, 2048, crate::gemv::gelu_erf_in_place);
 }
 
-/// [`gelu_erf`] over `x` in place, split over the compute threads (erff is a few
-/// dozen cycles a value, and a step has `ffn_dim` values per row per layer).
-fn gelu_rows(x: &mut [f32], workers: ComputeThreads) {
-    crate::gemv::par_pieces_mut(workers, x, 2048, |part| {
-        part.iter_mut().for_each(|v| *v = gelu_erf(*v))
-    });
+/// GELU (erf) of a tensor: on the CPU in f32 the same arithmetic as the fused
+/// step's [`gelu_rows`], elsewhere candle's.
+fn gelu_tensor(x: &Tensor, workers: ComputeThreads) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return x.gelu_erf();
+    }
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    gelu_rows(&mut v, workers);
+    Tensor::from_vec(v, x.shape(), x.device())
 }
 
 #[derive(Debug, Clone)]
@@ -682,7 +686,8 @@ impl DecoderLayer {
             }
         }
         let h = self.final_layer_norm.forward(&x)?;
-        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu_erf()?)?;
+        let f = gelu_tensor(&self.fc1.forward(&h)?, self.self_attn.workers)?;
+        let h = self.fc2.forward(&f)?;
         x + h
     }
 

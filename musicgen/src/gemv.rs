@@ -309,6 +309,28 @@ mod attend64 {
         _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
     }
 
+    /// `super::gelu_erf_in_place` on 8 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu8(xs: &mut [f32]) {
+        assert_eq!(xs.len(), 8);
+        let x = _mm256_loadu_ps(xs.as_ptr());
+        let u = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let sign = _mm256_set1_ps(-0.0);
+        let a = _mm256_andnot_ps(sign, u);
+        let one = _mm256_set1_ps(1.0);
+        let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(super::AS_P), a, one));
+        let mut poly = _mm256_setzero_ps();
+        for c in super::AS_A {
+            poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
+        }
+        let poly = _mm256_mul_ps(poly, t);
+        let e = exp8(_mm256_mul_ps(_mm256_xor_ps(a, sign), a));
+        let erf_abs = _mm256_fnmadd_ps(poly, e, one);
+        let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(u, sign));
+        let half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
+        _mm256_storeu_ps(xs.as_mut_ptr(), _mm256_fmadd_ps(half_x, erf, half_x));
+    }
+
     /// `scores` replaced by `e^(s - max)`; returns their sum.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn softmax_numerators(scores: &mut [f32]) -> f32 {
@@ -414,6 +436,53 @@ mod attend64 {
             _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
         }
     }
+}
+
+/// GELU with erf, `0.5 x (1 + erf(x / √2))`, in place, computed as PyTorch's CPU
+/// kernel does (`Vectorized<float>::erf`): erf from Abramowitz and Stegun 7.1.26,
+/// `1 - t (a1 + t (a2 + ...)) e^(-u²)` with `t = 1 / (1 + p |u|)`, within 1.5e-7
+/// of erf; e^x as [`attend64::exp8`]. Eight values a vector where the CPU has AVX2
+/// and FMA, the same arithmetic one value at a time otherwise.
+pub fn gelu_erf_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: the CPU has the features; c is 8 long.
+            unsafe { attend64::gelu8(c) };
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut lane = [0f32; 8];
+            lane[..rest.len()].copy_from_slice(rest);
+            // SAFETY: as above.
+            unsafe { attend64::gelu8(&mut lane) };
+            rest.copy_from_slice(&lane[..rest.len()]);
+        }
+        return;
+    }
+    for v in xs {
+        *v = gelu_erf_one(*v);
+    }
+}
+
+/// The constants of Abramowitz and Stegun 7.1.26: p, then a5 down to a1.
+const AS_P: f32 = 0.327_591_1;
+const AS_A: [f32; 5] = [
+    1.061_405_4,
+    -1.453_152,
+    1.421_413_7,
+    -0.284_496_74,
+    0.254_829_6,
+];
+
+/// [`gelu_erf_in_place`] for one value, without vectors.
+fn gelu_erf_one(x: f32) -> f32 {
+    let u = x * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + AS_P * u.abs());
+    let poly = AS_A.iter().fold(0f32, |acc, &a| acc * t + a) * t;
+    let erf = (1.0 - poly * (-u * u).exp()).copysign(u);
+    0.5 * x * (1.0 + erf)
 }
 
 fn has_f16c() -> bool {
@@ -841,6 +910,34 @@ mod tests {
             assert!(ulp <= 2, "exp({x}) = {got}, want {want}");
         }
         assert!(worst <= 2.0);
+    }
+
+    #[test]
+    fn gelu_is_within_its_erf_bound_of_the_exact_value() {
+        // -10..10 in steps of 1e-4, and a length with a partial last vector.
+        let xs: Vec<f32> = (0..=200_001).map(|i| i as f32 * 1e-4 - 10.0).collect();
+        let mut got = xs.clone();
+        gelu_erf_in_place(&mut got);
+        for (&x, &g) in xs.iter().zip(&got) {
+            let x64 = x as f64;
+            let exact =
+                0.5 * x64 * (1.0 + candle_core::cpu::erf::erf_f64(x64 / std::f64::consts::SQRT_2));
+            // erf within 1.5e-7 (A&S 7.1.26) plus f32's rounding near 1 (1 + erf
+            // cancels for negative x, as in PyTorch), the rest a few roundings.
+            let bound = 0.5 * x64.abs() * 3e-7 + 4.0 * f32::EPSILON as f64 * exact.abs();
+            assert!(
+                (g as f64 - exact).abs() <= bound,
+                "gelu({x}) = {g}, want {exact}"
+            );
+            // The vector and the one-value code agree to the vector exp's 2 ulp.
+            let one = gelu_erf_one(x) as f64;
+            assert!((g as f64 - one).abs() <= bound, "gelu({x}): {g} vs {one}");
+        }
+        assert_eq!(got[100_000], 0.0);
+        let mut odd = [f32::NAN, -3.0, 3.0];
+        gelu_erf_in_place(&mut odd);
+        assert!(odd[0].is_nan());
+        assert_eq!(odd[2] - odd[1], 3.0);
     }
 
     fn attention_case(pairs: usize, cap: usize, len: usize, dh: usize) {
