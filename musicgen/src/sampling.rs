@@ -99,14 +99,24 @@ pub fn nucleus<'a>(
         scratch.push((0, 0.0));
     }
     // Descending by value; equal values keep index order.
-    scratch.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if let Some(k) = top_k {
         let k = k.clamp(1, scratch.len());
+        // The k first in that order, without sorting the rest (a codebook has
+        // thousands of codes, top-k keeps hundreds).
+        scratch.select_nth_unstable_by(k - 1, order);
         // Everything below the k-th value goes; ties with it stay.
         let kth = scratch[k - 1].1;
-        let keep = scratch.iter().take_while(|c| c.1 >= kth).count();
+        let mut keep = k;
+        for i in k..scratch.len() {
+            if scratch[i].1 >= kth {
+                scratch.swap(keep, i);
+                keep += 1;
+            }
+        }
         scratch.truncate(keep);
     }
+    scratch.sort_unstable_by(order);
     // Softmax over what is left.
     let max = scratch[0].1;
     let mut total = 0.0;
@@ -225,6 +235,54 @@ mod tests {
             .map(|i| ((i * 7919) % 23) as f32 * 0.25 - 2.0)
             .chain([3.5, 3.5])
             .collect()
+    }
+
+    #[test]
+    fn top_k_by_selection_keeps_what_a_full_sort_keeps() {
+        // What `nucleus` computed by sorting every code: the same candidates in the
+        // same order with the same probabilities, bit for bit.
+        fn sorted(logits: &[f32], k: usize) -> Vec<(u32, f64)> {
+            let mut c: Vec<(u32, f64)> = logits
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_nan())
+                .map(|(i, &v)| (i as u32, v as f64))
+                .collect();
+            c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let kth = c[k.clamp(1, c.len()) - 1].1;
+            let keep = c.iter().take_while(|x| x.1 >= kth).count();
+            c.truncate(keep);
+            let max = c[0].1;
+            let total: f64 = c.iter().map(|x| (x.1 - max).exp()).sum();
+            c.iter()
+                .map(|&(i, v)| (i, (v - max).exp() / total))
+                .collect()
+        }
+        let mut state = 17u64;
+        for case in 0..200 {
+            // 2048 codes on a coarse grid (many ties), zeros of both signs, NaNs.
+            let logits: Vec<f32> = (0..2048)
+                .map(|i| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    match (state >> 33) % 50 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        2 if case % 2 == 0 && i % 3 == 0 => f32::NAN,
+                        r => (r as f32 - 25.0) * 0.5,
+                    }
+                })
+                .collect();
+            for k in [1, 2, 50, 250, 2047, 2048, 5000] {
+                let mut scratch = Vec::new();
+                let got = nucleus(&logits, 1.0, Some(k), None, &mut scratch).to_vec();
+                let want = sorted(&logits, k);
+                assert_eq!(got.len(), want.len(), "case {case} k {k}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.0, w.0, "case {case} k {k}");
+                    assert_eq!(g.1.to_bits(), w.1.to_bits(), "case {case} k {k}");
+                }
+            }
+        }
     }
 
     fn check_distribution(t: f64, k: Option<usize>, p: Option<f64>) {
