@@ -131,8 +131,26 @@ mod avx2 {
         );
         let (mut b0, mut b1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
-        // SAFETY (all loads): i + 16 <= k = len of w, x0 and x1.
+        // SAFETY (all loads): i + 32 (or 16) <= k = len of w, x0 and x1.
         if two {
+            // Eight accumulators: with four, the adds' latency bounds the loop.
+            let (mut b2, mut b3) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            while i + 32 <= k {
+                let w = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(wp.add(i + o)));
+                let x0 = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p0.add(i + o)));
+                let x1 = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p1.add(i + o)));
+                a0 = _mm256_fmadd_ps(x0[0], w[0], a0);
+                a1 = _mm256_fmadd_ps(x0[1], w[1], a1);
+                a2 = _mm256_fmadd_ps(x0[2], w[2], a2);
+                a3 = _mm256_fmadd_ps(x0[3], w[3], a3);
+                b0 = _mm256_fmadd_ps(x1[0], w[0], b0);
+                b1 = _mm256_fmadd_ps(x1[1], w[1], b1);
+                b2 = _mm256_fmadd_ps(x1[2], w[2], b2);
+                b3 = _mm256_fmadd_ps(x1[3], w[3], b3);
+                i += 32;
+            }
+            b0 = _mm256_add_ps(b0, b2);
+            b1 = _mm256_add_ps(b1, b3);
             while i + 16 <= k {
                 let w0 = _mm256_loadu_ps(wp.add(i));
                 let w1 = _mm256_loadu_ps(wp.add(i + 8));
@@ -984,20 +1002,25 @@ mod tests {
 
     #[test]
     fn matches_a_plain_matmul() {
-        let (m, n, k) = (3, 131, 77);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
-            .collect();
-        let y = rows_times_transposed(ComputeThreads::Rayon, &x, m, &w, n, k);
-        assert_eq!(
-            y,
-            rows_times_transposed(ComputeThreads::Candle, &x, m, &w, n, k)
-        );
-        for r in 0..m {
-            for j in 0..n {
-                let want: f32 = (0..k).map(|i| x[r * k + i] * w[j * k + i]).sum();
-                assert!((y[r * n + j] - want).abs() < 1e-3, "{r},{j}");
+        // Lengths through each of the kernel's loops (32, 16 and single values).
+        for (m, n, k) in [(3, 131, 77), (2, 40, 1024 + 16 + 3), (4, 17, 5)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let y = rows_times_transposed(ComputeThreads::Rayon, &x, m, &w, n, k);
+            assert_eq!(
+                y,
+                rows_times_transposed(ComputeThreads::Candle, &x, m, &w, n, k)
+            );
+            for r in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                        .sum();
+                    let got = y[r * n + j] as f64;
+                    assert!((got - want).abs() < 1e-5 * k as f64, "{m} {k}: {r},{j}");
+                }
             }
         }
     }
