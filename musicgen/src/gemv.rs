@@ -743,7 +743,7 @@ pub fn attend_one_into<T: KvElem>(
     assert_eq!(out.len(), pairs * dh);
     out.fill(0.0);
     let shared = SharedOut(out.as_mut_ptr());
-    on_compute_threads(workers, pairs, |range| {
+    let run = |range: std::ops::Range<usize>| {
         for p in range.clone() {
             // SAFETY: pair p alone writes out[p * dh..(p + 1) * dh].
             let out = unsafe { shared.slice(p * dh, dh) };
@@ -763,8 +763,18 @@ pub fn attend_one_into<T: KvElem>(
                 out,
             );
         }
-    });
+    };
+    // A few positions (a text prompt's tokens, a take's first steps) take less
+    // than handing the pairs to the other threads does.
+    if pairs * len <= INLINE_ATTENTION {
+        run(0..pairs);
+    } else {
+        on_compute_threads(workers, pairs, run);
+    }
 }
+
+/// Pairs x positions up to which single-query attention runs on the calling thread.
+const INLINE_ATTENTION: usize = 512;
 
 fn attend_pair<T: KvElem>(q: &[f32], k: &[T], v: &[T], next: &[T], dh: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
