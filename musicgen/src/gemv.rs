@@ -913,6 +913,9 @@ mod tests {
             (2, 12, 12, 64),
             (2, 3, 1, 64),
             (1, 40, 37, 64),
+            // Enough to run on the other threads too.
+            (8, 100, 90, 64),
+            (17, 64, 64, 64),
         ] {
             attention_case(pairs, cap, len, dh);
         }
