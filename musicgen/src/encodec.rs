@@ -202,6 +202,48 @@ impl Module for Conv1d {
     }
 }
 
+/// ELU (alpha 1) of a tensor: in f32 on the CPU eight values a vector
+/// ([`crate::gemv::elu_in_place`]) split over the compute pool, elsewhere
+/// candle's. The decoder's upsampling stack applies it to every sample of every
+/// channel, three times a stage.
+fn elu(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return x.elu(1.0);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&EluOp)
+}
+
+struct EluOp;
+
+impl candle_core::CustomOp1 for EluOp {
+    fn name(&self) -> &'static str {
+        "elu-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(v), Some((a, b))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            bail!("elu: a contiguous f32 tensor expected");
+        };
+        let src = &v[a..b];
+        let mut out = vec![0f32; src.len()];
+        // Pieces that stay in the cache between the copy and the pass.
+        out.par_chunks_mut(1 << 15)
+            .zip(src.par_chunks(1 << 15))
+            .for_each(|(o, s)| {
+                o.copy_from_slice(s);
+                crate::gemv::elu_in_place(o);
+            });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
 /// `EncodecConvTranspose1d`: upsampling, then trimming the fixed padding.
 #[derive(Debug, Clone)]
 struct ConvTranspose1d {
@@ -293,7 +335,7 @@ impl Module for ResnetBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for conv in &self.convs {
-            h = conv.forward(&h.elu(1.0)?)?;
+            h = conv.forward(&elu(&h)?)?;
         }
         let residual = match &self.shortcut {
             Some(conv) => conv.forward(x)?,
@@ -514,7 +556,7 @@ impl EncodecDecoder {
             x = match layer {
                 Layer::Conv(c) => c.forward(&x)?,
                 Layer::Lstm(l) => l.forward(&x)?,
-                Layer::Elu => x.elu(1.0)?,
+                Layer::Elu => elu(&x)?,
                 Layer::ConvTranspose(c) => c.forward(&x)?,
                 Layer::Resnet(r) => r.forward(&x)?,
             };

@@ -327,6 +327,20 @@ mod attend64 {
         _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
     }
 
+    /// `super::elu_in_place` on 8 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn elu8(xs: &mut [f32]) {
+        assert_eq!(xs.len(), 8);
+        let x = _mm256_loadu_ps(xs.as_ptr());
+        let neg = _mm256_sub_ps(
+            exp8(_mm256_min_ps(x, _mm256_setzero_ps())),
+            _mm256_set1_ps(1.0),
+        );
+        // x where x > 0, and where x is NaN (which stays NaN).
+        let pos = _mm256_cmp_ps::<_CMP_NLE_UQ>(x, _mm256_setzero_ps());
+        _mm256_storeu_ps(xs.as_mut_ptr(), _mm256_blendv_ps(neg, x, pos));
+    }
+
     /// `super::gelu_erf_in_place` on 8 values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gelu8(xs: &mut [f32]) {
@@ -481,6 +495,34 @@ pub fn gelu_erf_in_place(xs: &mut [f32]) {
     }
     for v in xs {
         *v = gelu_erf_one(*v);
+    }
+}
+
+/// ELU with alpha 1, `x` for `x > 0` and `e^x - 1` otherwise, in place: eight
+/// values a vector with [`attend64::exp8`] where the CPU has AVX2 and FMA (e^x
+/// within 2 ulp, as candle's scalar `exp` is within 1), one at a time otherwise.
+pub fn elu_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: the CPU has the features; c is 8 long.
+            unsafe { attend64::elu8(c) };
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut lane = [0f32; 8];
+            lane[..rest.len()].copy_from_slice(rest);
+            // SAFETY: as above.
+            unsafe { attend64::elu8(&mut lane) };
+            rest.copy_from_slice(&lane[..rest.len()]);
+        }
+        return;
+    }
+    for v in xs {
+        if *v <= 0.0 {
+            *v = v.exp() - 1.0;
+        }
     }
 }
 
@@ -941,6 +983,28 @@ mod tests {
             assert!(ulp <= 2, "exp({x}) = {got}, want {want}");
         }
         assert!(worst <= 2.0);
+    }
+
+    #[test]
+    fn elu_is_exp_minus_one_below_zero_and_the_value_above() {
+        let mut xs: Vec<f32> = (0..=40_001).map(|i| i as f32 * 5e-4 - 15.0).collect();
+        xs.extend([-100.0, -1e-30, 0.0, 3.5, f32::NAN]);
+        let mut got = xs.clone();
+        elu_in_place(&mut got);
+        for (&x, &g) in xs.iter().zip(&got) {
+            if x.is_nan() {
+                assert!(g.is_nan());
+            } else if x > 0.0 {
+                assert_eq!(g, x);
+            } else {
+                // e^x within 2 ulp, then the subtraction's rounding near 1.
+                let exact = (x as f64).exp_m1();
+                assert!(
+                    (g as f64 - exact).abs() <= 2.5e-7,
+                    "elu({x}) = {g}, want {exact}"
+                );
+            }
+        }
     }
 
     #[test]
