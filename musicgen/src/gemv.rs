@@ -470,6 +470,27 @@ mod attend64 {
     }
 }
 
+/// `f` over `xs` eight values at a time, the last few in a padded copy.
+///
+/// # Safety
+/// The CPU has the features `f` needs.
+#[cfg(target_arch = "x86_64")]
+unsafe fn by_eights(xs: &mut [f32], f: unsafe fn(&mut [f32])) {
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c is 8 long; the features are the caller's to state.
+        unsafe { f(c) };
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mut lane = [0f32; 8];
+        lane[..rest.len()].copy_from_slice(rest);
+        // SAFETY: as above.
+        unsafe { f(&mut lane) };
+        rest.copy_from_slice(&lane[..rest.len()]);
+    }
+}
+
 /// GELU with erf, `0.5 x (1 + erf(x / √2))`, in place, computed as PyTorch's CPU
 /// kernel does (`Vectorized<float>::erf`): erf from Abramowitz and Stegun 7.1.26,
 /// `1 - t (a1 + t (a2 + ...)) e^(-u²)` with `t = 1 / (1 + p |u|)`, within 1.5e-7
@@ -478,20 +499,8 @@ mod attend64 {
 pub fn gelu_erf_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
-        let mut chunks = xs.chunks_exact_mut(8);
-        for c in &mut chunks {
-            // SAFETY: the CPU has the features; c is 8 long.
-            unsafe { attend64::gelu8(c) };
-        }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            let mut lane = [0f32; 8];
-            lane[..rest.len()].copy_from_slice(rest);
-            // SAFETY: as above.
-            unsafe { attend64::gelu8(&mut lane) };
-            rest.copy_from_slice(&lane[..rest.len()]);
-        }
-        return;
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { by_eights(xs, attend64::gelu8) };
     }
     for v in xs {
         *v = gelu_erf_one(*v);
@@ -504,20 +513,8 @@ pub fn gelu_erf_in_place(xs: &mut [f32]) {
 pub fn elu_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
-        let mut chunks = xs.chunks_exact_mut(8);
-        for c in &mut chunks {
-            // SAFETY: the CPU has the features; c is 8 long.
-            unsafe { attend64::elu8(c) };
-        }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            let mut lane = [0f32; 8];
-            lane[..rest.len()].copy_from_slice(rest);
-            // SAFETY: as above.
-            unsafe { attend64::elu8(&mut lane) };
-            rest.copy_from_slice(&lane[..rest.len()]);
-        }
-        return;
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { by_eights(xs, attend64::elu8) };
     }
     for v in xs {
         if *v <= 0.0 {
