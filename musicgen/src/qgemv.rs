@@ -13,7 +13,10 @@
 //!   unpacked to bytes (20 bytes, against ggml's 16: 4.625 bits a weight, not 4.5);
 //! - **q8_0**: per row the 8-bit values plus 128 (so that VNNI's unsigned-by-signed
 //!   byte product takes them as they are; the 128 is taken back per block through
-//!   the activations' sums), then the f16 scale of each 32 values.
+//!   the activations' sums), interleaved by eight blocks so that lane `l` of every
+//!   32-byte vector holds block `l` (see [`q8_0_pos`]): a block's products add up in
+//!   its own integer lane, and the scales are applied once per eight blocks, not
+//!   once per vector. Then the f16 scale of each 32 values.
 //!
 //! The activation rows are quantized as ggml does for these formats (q8_K: one scale
 //! per 256 values, with sums per 32; q8_0: one scale per 32), and the products are
@@ -279,13 +282,18 @@ impl PackedMatrix {
                 {
                     return None;
                 }
+                let nb = k / Q8_0_BLOCK;
                 let mut quants = AlignedBytes::zeroed(n * k);
-                let mut scales = Vec::with_capacity(n * k / Q8_0_BLOCK);
+                let mut scales = Vec::with_capacity(n * nb);
                 let out = quants.as_mut_slice();
                 for (b, block) in data.chunks_exact(GGML_Q8_0_BYTES).enumerate() {
                     scales.push(f16::from_le_bytes([block[0], block[1]]));
-                    for (o, &v) in out[b * 32..(b + 1) * 32].iter_mut().zip(&block[2..]) {
-                        *o = v ^ 0x80;
+                    let (row, first) = (b / nb * k, b % nb * Q8_0_BLOCK);
+                    for (t, four) in block[2..].chunks_exact(4).enumerate() {
+                        let at = row + q8_0_pos(first + 4 * t, k);
+                        for (o, &v) in out[at..at + 4].iter_mut().zip(four) {
+                            *o = v ^ 0x80;
+                        }
                     }
                 }
                 Some(Self {
@@ -339,11 +347,10 @@ impl PackedMatrix {
                 }
             }
             Format::Q8_0 => {
-                for (b, y) in out.chunks_exact_mut(Q8_0_BLOCK).enumerate() {
-                    let d = self.q8_scales[b].to_f32();
-                    for (y, &v) in y.iter_mut().zip(&q[b * 32..(b + 1) * 32]) {
-                        *y = d * ((v ^ 0x80) as i8) as f32;
-                    }
+                for (i, y) in out.iter_mut().enumerate() {
+                    let d = self.q8_scales[i / Q8_0_BLOCK].to_f32();
+                    let v = q[i - i % k + q8_0_pos(i % k, k)];
+                    *y = d * ((v ^ 0x80) as i8) as f32;
                 }
             }
         }
@@ -519,6 +526,22 @@ fn q4k_pos(i: usize) -> (usize, u8) {
     (64 * (r / 2) + 4 * (s + 8 * h) + t, 4 * (r % 2) as u8)
 }
 
+/// Values in a q8_0 interleaving group: eight blocks.
+const Q8_0_GROUP: usize = 256;
+
+/// Where value `i` of a q8_0 row of `k` values lies in the packed row (weights and
+/// activations alike): in each whole group of eight blocks, values `4t` to `4t + 3`
+/// of block `l` at `32 t + 4 l`, so that 4-byte lane `l` of each of the group's eight
+/// 32-byte vectors holds block `l`; the blocks of a last, partial group stay in order.
+fn q8_0_pos(i: usize, k: usize) -> usize {
+    let g = i - i % Q8_0_GROUP;
+    if g + Q8_0_GROUP > k {
+        return i;
+    }
+    let (l, j) = ((i % Q8_0_GROUP) / 32, i % 32);
+    g + 32 * (j / 4) + 4 * l + j % 4
+}
+
 /// Where value `i` of a 256-value block of activations lies in their quantized
 /// row: vector `r` of [`q4k_pos`] is activation bytes `64r..64r + 64`, in the
 /// same lane order.
@@ -624,17 +647,15 @@ pub struct Activations {
     k: usize,
     /// `m x k` values.
     qs: Vec<i8>,
-    /// q4k (q8_K): one scale per 256 values. q8_0: one per 32, and for the 512-bit
-    /// kernel the same spread over 16 lanes per pair of blocks (`lanes`).
+    /// q4k (q8_K): one scale per 256 values. q8_0: one per 32.
     d: Vec<f32>,
     /// q4k: the sum of each 32 values (`m x k / 32`), and the same times the block's
     /// scale (`fsums`, what the mins are multiplied by).
     bsums: Vec<i16>,
     fsums: Vec<f32>,
-    /// q8_0: `d` of blocks `2p` and `2p + 1`, each repeated 8 times, for pair `p`.
-    lanes: Vec<f32>,
-    /// q8_0: `128 * d * (sum of the block)`, what the +128 of the weights adds.
-    corr: Vec<f32>,
+    /// q8_0: the sum of each block's quantized values, what the weights' +128
+    /// multiplies.
+    isums: Vec<i32>,
 }
 
 impl Activations {
@@ -646,8 +667,7 @@ impl Activations {
             d: Vec::new(),
             bsums: Vec::new(),
             fsums: Vec::new(),
-            lanes: Vec::new(),
-            corr: Vec::new(),
+            isums: Vec::new(),
         };
         a.quantize_into(level(), format, x, m, k);
         a
@@ -693,25 +713,29 @@ impl Activations {
                 }
             }
             Format::Q8_0 => {
-                zeroed(&mut a.d, m * k / Q8_0_BLOCK, 0.0);
-                zeroed(&mut a.corr, m * k / Q8_0_BLOCK, 0.0);
-                for (b, (xs, qs)) in x
-                    .chunks_exact(Q8_0_BLOCK)
-                    .zip(a.qs.chunks_exact_mut(Q8_0_BLOCK))
-                    .enumerate()
-                {
+                let nb = k / Q8_0_BLOCK;
+                zeroed(&mut a.d, m * nb, 0.0);
+                zeroed(&mut a.isums, m * nb, 0);
+                for (b, xs) in x.chunks_exact(Q8_0_BLOCK).enumerate() {
+                    let mut qs = [0i8; Q8_0_BLOCK];
                     let (d, sum) = match level {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: the level was detected on this CPU; the slices
                         // hold a block.
-                        Level::Avx512 | Level::Avx512Vnni => unsafe { x86::q8_0_block_512(xs, qs) },
-                        _ => q8_0_block(xs, qs),
+                        Level::Avx512 | Level::Avx512Vnni => unsafe {
+                            x86::q8_0_block_512(xs, &mut qs)
+                        },
+                        _ => q8_0_block(xs, &mut qs),
                     };
                     a.d[b] = d;
-                    a.corr[b] = 128.0 * d * sum as f32;
+                    a.isums[b] = sum;
+                    // In the weights' order (`q8_0_pos` keeps runs of 4).
+                    let (row, first) = (b / nb * k, b % nb * Q8_0_BLOCK);
+                    for (t, four) in qs.chunks_exact(4).enumerate() {
+                        let at = row + q8_0_pos(first + 4 * t, k);
+                        a.qs[at..at + 4].copy_from_slice(four);
+                    }
                 }
-                a.lanes.clear();
-                a.lanes.extend(a.d.iter().flat_map(|&d| [d; 8]));
             }
         }
     }
@@ -751,19 +775,36 @@ fn q4k_scalar(qs: &[u8], meta: &[Q4KMeta], act: &Activations, dots: &mut [f32]) 
     }
 }
 
-/// The reference q8_0 kernel.
+/// The reference q8_0 kernel: integer sums per block, scaled per block.
 fn q8_0_scalar(qs: &[u8], scales: &[f16], act: &Activations, dots: &mut [f32]) {
-    let nb = scales.len();
+    let (k, nb) = (act.k, scales.len());
     for (r, dot) in dots.iter_mut().enumerate() {
         let a = act.row(r);
         let mut sum = 0f32;
-        for (b, d) in scales.iter().enumerate() {
-            let si: i32 = qs[b * 32..(b + 1) * 32]
-                .iter()
-                .zip(&a[b * 32..(b + 1) * 32])
-                .map(|(&w, &x)| ((w ^ 0x80) as i8) as i32 * x as i32)
-                .sum();
-            sum += d.to_f32() * act.d[r * nb + b] * si as f32;
+        let mut b = 0;
+        while b < nb {
+            // A whole group of eight blocks (`q8_0_pos`: block (i % 32) / 4 at i),
+            // or one block of a last, partial group.
+            let start = b * Q8_0_BLOCK;
+            let whole = start + Q8_0_GROUP <= k;
+            let blocks = if whole { 8 } else { 1 };
+            let mut si = [0i32; 8];
+            let span = start..start + blocks * Q8_0_BLOCK;
+            for (vw, va) in qs[span.clone()]
+                .chunks_exact(32)
+                .zip(a[span].chunks_exact(32))
+            {
+                for (l, (w4, a4)) in vw.chunks_exact(4).zip(va.chunks_exact(4)).enumerate() {
+                    let l = if whole { l } else { 0 };
+                    for (&w, &x) in w4.iter().zip(a4) {
+                        si[l] += ((w ^ 0x80) as i8) as i32 * x as i32;
+                    }
+                }
+            }
+            for (l, si) in si[..blocks].iter().enumerate() {
+                sum += scales[b + l].to_f32() * act.d[r * nb + b + l] * *si as f32;
+            }
+            b += blocks;
         }
         *dot = sum;
     }
@@ -1070,119 +1111,129 @@ mod x86 {
         }
     }
 
-    /// Index vectors for `_mm512_permutexvar_ps`: for pair `j` of 16 blocks, lanes 0-7
-    /// take block 2j's value, lanes 8-15 block 2j+1's.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pair_lanes() -> [__m512i; 8] {
-        let mut idx = [_mm512_setzero_si512(); 8];
-        for (j, i) in idx.iter_mut().enumerate() {
-            let mut v = [2 * j as i32; 16];
-            v[8..].fill(2 * j as i32 + 1);
-            *i = _mm512_loadu_si512(v.as_ptr() as *const _);
-        }
-        idx
+    /// Calls `$f::<R>` with `R` the number of activation rows (1 to 4), so that the
+    /// kernels keep each row's sums in registers.
+    macro_rules! by_rows {
+        ($rows:expr, $f:ident($($arg:expr),*)) => {
+            match $rows {
+                1 => $f::<1>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                _ => $f::<4>($($arg),*),
+            }
+        };
     }
 
-    /// q8_0 row (k a multiple of 512) times up to 4 activation rows: the stored
-    /// (+128) bytes are VNNI's unsigned operand as they are.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn q8_0_512_vnni(
-        qs_all: &[u8],
-        scales_all: &[f16],
-        k: usize,
-        range: std::ops::Range<usize>,
-        act: &Activations,
-        out: &mut dyn FnMut(usize, &[f32]),
-    ) {
-        let rows = act.rows();
-        let nb = k / 32;
-        let idx = pair_lanes();
-        let mut dots = [0f32; MAX_ROWS];
-        for i in range {
-            let qs = &qs_all[i * k..(i + 1) * k];
-            let scales = &scales_all[i * nb..(i + 1) * nb];
-            let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
-            let mut cacc = [_mm512_setzero_ps(); MAX_ROWS];
-            for c in 0..k / 512 {
-                let dw =
-                    _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(16 * c) as *const _));
-                for r in 0..rows {
-                    let corr = _mm512_loadu_ps(act.corr.as_ptr().add(r * nb + 16 * c));
-                    cacc[r] = _mm512_fmadd_ps(dw, corr, cacc[r]);
-                }
-                for (j, idx) in idx.iter().enumerate() {
-                    let off = 512 * c + 64 * j;
-                    let w = _mm512_loadu_si512(qs.as_ptr().add(off) as *const _);
-                    let dwl = _mm512_permutexvar_ps(*idx, dw);
-                    for r in 0..rows {
-                        let a = _mm512_loadu_si512(act.qs.as_ptr().add(r * k + off) as *const _);
-                        let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
-                        let dal = _mm512_loadu_ps(act.lanes.as_ptr().add((r * k + off) / 4));
-                        acc[r] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwl, dal), acc[r]);
+    macro_rules! q8_0_512 {
+        ($name:ident, $rows_fn:ident, $feat:literal, $vnni:literal) => {
+            /// q8_0 row (k a multiple of 512) times up to 4 activation rows, two
+            /// groups of eight blocks at a time.
+            pub unsafe fn $name(
+                qs_all: &[u8],
+                scales_all: &[f16],
+                k: usize,
+                range: std::ops::Range<usize>,
+                act: &Activations,
+                out: &mut dyn FnMut(usize, &[f32]),
+            ) {
+                by_rows!(act.rows(), $rows_fn(qs_all, scales_all, k, range, act, out))
+            }
+
+            /// A 64-byte vector of a group holds its even 32-byte vector in lanes
+            /// 0-7 and its odd one in lanes 8-15: both halves sum block `lane % 8`.
+            /// With VNNI the stored (+128) bytes are its unsigned operand as they
+            /// are (the 128 taken back through the activations' sums); without, the
+            /// weights' magnitudes times the activations with the weights' signs
+            /// (pairs within 16 bits).
+            #[target_feature(enable = $feat)]
+            unsafe fn $rows_fn<const R: usize>(
+                qs_all: &[u8],
+                scales_all: &[f16],
+                k: usize,
+                range: std::ops::Range<usize>,
+                act: &Activations,
+                out: &mut dyn FnMut(usize, &[f32]),
+            ) {
+                assert!(qs_all.len() >= range.end * k && act.qs.len() >= R * k);
+                let nb = k / 32;
+                let zero = _mm512_setzero_si512();
+                let (flip, ones) = (_mm512_set1_epi8(-128), _mm512_set1_epi16(1));
+                let (aq, ad, ai) = (act.qs.as_ptr(), act.d.as_ptr(), act.isums.as_ptr());
+                for i in range {
+                    let qs = qs_all.as_ptr().add(i * k);
+                    let scales = scales_all.as_ptr().add(i * nb);
+                    let mut acc = [_mm512_setzero_ps(); R];
+                    for c in 0..k / 512 {
+                        let mut sums = [[zero; 2]; R];
+                        for h in 0..2 {
+                            for v in 0..4 {
+                                let off = 512 * c + 256 * h + 64 * v;
+                                let w = _mm512_loadu_si512(qs.add(off) as *const _);
+                                if $vnni {
+                                    for r in 0..R {
+                                        let a = _mm512_loadu_si512(aq.add(r * k + off) as *const _);
+                                        sums[r][h] = _mm512_dpbusd_epi32(sums[r][h], w, a);
+                                    }
+                                } else {
+                                    let w = _mm512_xor_si512(w, flip);
+                                    let (aw, neg) = (_mm512_abs_epi8(w), _mm512_movepi8_mask(w));
+                                    for r in 0..R {
+                                        let a = _mm512_loadu_si512(aq.add(r * k + off) as *const _);
+                                        let a = _mm512_mask_sub_epi8(a, neg, zero, a);
+                                        let p =
+                                            _mm512_madd_epi16(_mm512_maddubs_epi16(aw, a), ones);
+                                        sums[r][h] = _mm512_add_epi32(sums[r][h], p);
+                                    }
+                                }
+                            }
+                        }
+                        let dw =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(16 * c) as *const _));
+                        for r in 0..R {
+                            // Both halves of each group added: blocks 16c..16c + 16 in order.
+                            let [g0, g1] = sums[r];
+                            let mut s = _mm512_add_epi32(
+                                _mm512_shuffle_i32x4(g0, g1, 0x44),
+                                _mm512_shuffle_i32x4(g0, g1, 0xEE),
+                            );
+                            if $vnni {
+                                let isum = _mm512_loadu_si512(ai.add(r * nb + 16 * c) as *const _);
+                                s = _mm512_sub_epi32(s, _mm512_slli_epi32(isum, 7));
+                            }
+                            let da = _mm512_loadu_ps(ad.add(r * nb + 16 * c));
+                            acc[r] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(s),
+                                _mm512_mul_ps(dw, da),
+                                acc[r],
+                            );
+                        }
                     }
-                }
-            }
-            for r in 0..rows {
-                dots[r] = _mm512_reduce_add_ps(acc[r]) - _mm512_reduce_add_ps(cacc[r]);
-            }
-            out(i, &dots[..rows]);
-        }
-    }
-
-    /// The same without VNNI: the weights back to signed bytes, their magnitudes
-    /// times the activations with the weights' signs (products of at most 128 * 128,
-    /// pairs within 16 bits).
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub unsafe fn q8_0_512(
-        qs_all: &[u8],
-        scales_all: &[f16],
-        k: usize,
-        range: std::ops::Range<usize>,
-        act: &Activations,
-        out: &mut dyn FnMut(usize, &[f32]),
-    ) {
-        let rows = act.rows();
-        let nb = k / 32;
-        let zero = _mm512_setzero_si512();
-        let (flip, ones) = (_mm512_set1_epi8(-128), _mm512_set1_epi16(1));
-        let idx = pair_lanes();
-        let mut dots = [0f32; MAX_ROWS];
-        for i in range {
-            let qs = &qs_all[i * k..(i + 1) * k];
-            let scales = &scales_all[i * nb..(i + 1) * nb];
-            let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
-            for c in 0..k / 512 {
-                let dw =
-                    _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(16 * c) as *const _));
-                for (j, idx) in idx.iter().enumerate() {
-                    let off = 512 * c + 64 * j;
-                    let w = _mm512_xor_si512(
-                        _mm512_loadu_si512(qs.as_ptr().add(off) as *const _),
-                        flip,
-                    );
-                    let aw = _mm512_abs_epi8(w);
-                    let neg = _mm512_movepi8_mask(w);
-                    let dwl = _mm512_permutexvar_ps(*idx, dw);
-                    for r in 0..rows {
-                        let a = _mm512_loadu_si512(act.qs.as_ptr().add(r * k + off) as *const _);
-                        let a = _mm512_mask_sub_epi8(a, neg, zero, a);
-                        let p = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, a), ones);
-                        let dal = _mm512_loadu_ps(act.lanes.as_ptr().add((r * k + off) / 4));
-                        acc[r] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwl, dal), acc[r]);
+                    let mut dots = [0f32; R];
+                    for r in 0..R {
+                        dots[r] = _mm512_reduce_add_ps(acc[r]);
                     }
+                    out(i, &dots);
                 }
             }
-            for r in 0..rows {
-                dots[r] = _mm512_reduce_add_ps(acc[r]);
-            }
-            out(i, &dots[..rows]);
-        }
+        };
     }
 
-    /// q8_0 row times up to 4 activation rows, 256 bits at a time.
-    #[target_feature(enable = "avx2,fma,f16c")]
+    q8_0_512!(
+        q8_0_512_vnni,
+        q8_0_512_vnni_rows,
+        "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+        true
+    );
+    q8_0_512!(
+        q8_0_512,
+        q8_0_512_rows,
+        "avx512f,avx512bw,avx2,fma,f16c",
+        false
+    );
+
+    /// q8_0 row times up to 4 activation rows, 256 bits at a time: a group's eight
+    /// 32-byte vectors summed per block in their lanes, then a last, partial group
+    /// block by block.
     pub unsafe fn q8_0_256(
         qs_all: &[u8],
         scales_all: &[f16],
@@ -1191,35 +1242,68 @@ mod x86 {
         act: &Activations,
         out: &mut dyn FnMut(usize, &[f32]),
     ) {
-        let rows = act.rows();
-        let nb = k / 32;
-        let ones = _mm256_set1_epi16(1);
-        let mut dots = [0f32; MAX_ROWS];
+        by_rows!(
+            act.rows(),
+            q8_0_256_rows(qs_all, scales_all, k, range, act, out)
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_256_rows<const R: usize>(
+        qs_all: &[u8],
+        scales_all: &[f16],
+        k: usize,
+        range: std::ops::Range<usize>,
+        act: &Activations,
+        out: &mut dyn FnMut(usize, &[f32]),
+    ) {
+        assert!(qs_all.len() >= range.end * k && act.qs.len() >= R * k);
+        let (nb, groups) = (k / 32, k / super::Q8_0_GROUP);
+        let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
+        let (aq, ad) = (act.qs.as_ptr(), act.d.as_ptr());
+        // The weights' magnitudes times the activations with the weights' signs.
+        let dot = |w: __m256i, a: *const i8| {
+            let a = _mm256_loadu_si256(a as *const _);
+            _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)),
+                ones,
+            )
+        };
         for i in range {
-            let qs = &qs_all[i * k..(i + 1) * k];
-            let scales = &scales_all[i * nb..(i + 1) * nb];
-            let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
-            let flip = _mm256_set1_epi8(-128);
-            for b in 0..nb {
-                let w = _mm256_xor_si256(
-                    _mm256_loadu_si256(qs.as_ptr().add(32 * b) as *const _),
-                    flip,
-                );
-                let aw = _mm256_sign_epi8(w, w);
-                let bits = scales.get_unchecked(b).to_bits() as i32;
+            let qs = qs_all.as_ptr().add(i * k);
+            let scales = scales_all.as_ptr().add(i * nb);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for g in 0..groups {
+                let mut sums = [_mm256_setzero_si256(); R];
+                for t in 0..8 {
+                    let off = 256 * g + 32 * t;
+                    let w = _mm256_xor_si256(_mm256_loadu_si256(qs.add(off) as *const _), flip);
+                    for r in 0..R {
+                        sums[r] = _mm256_add_epi32(sums[r], dot(w, aq.add(r * k + off)));
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(8 * g) as *const _));
+                for r in 0..R {
+                    let da = _mm256_loadu_ps(ad.add(r * nb + 8 * g));
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r]), _mm256_mul_ps(dw, da), acc[r]);
+                }
+            }
+            for b in 8 * groups..nb {
+                let w = _mm256_xor_si256(_mm256_loadu_si256(qs.add(32 * b) as *const _), flip);
+                let bits = (*scales.add(b)).to_bits() as i32;
                 let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
-                for r in 0..rows {
-                    let a = _mm256_loadu_si256(act.qs.as_ptr().add(r * k + 32 * b) as *const _);
-                    let p =
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, w)), ones);
-                    let s = _mm256_set1_ps(dw * *act.d.get_unchecked(r * nb + b));
+                for r in 0..R {
+                    let s = _mm256_set1_ps(dw * *ad.add(r * nb + b));
+                    let p = dot(w, aq.add(r * k + 32 * b));
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
                 }
             }
-            for r in 0..rows {
+            let mut dots = [0f32; R];
+            for r in 0..R {
                 dots[r] = hsum256(acc[r]);
             }
-            out(i, &dots[..rows]);
+            out(i, &dots);
         }
     }
 }
@@ -1281,7 +1365,7 @@ mod tests {
     #[test]
     fn every_level_matches_the_scalar_reference() {
         for format in [Format::Q4K, Format::Q8_0] {
-            for (n, k) in [(48, 1024), (17, 512), (32, 4096), (16, 1536)] {
+            for (n, k) in [(48, 1024), (17, 512), (32, 4096), (16, 1536), (9, 1792)] {
                 let w = matrix(n, k, n as u64 + k as u64);
                 let (p, _) = pack(format, &w, n, k);
                 for m in 1..=MAX_ROWS {
@@ -1331,12 +1415,12 @@ mod tests {
                 assert_eq!(bits(&got.d), bits(&want.d), "{format:?} {level:?}");
                 assert_eq!(got.bsums, want.bsums, "{format:?} {level:?}");
                 assert_eq!(bits(&got.fsums), bits(&want.fsums), "{format:?} {level:?}");
-                assert_eq!(bits(&got.lanes), bits(&want.lanes), "{format:?} {level:?}");
-                assert_eq!(bits(&got.corr), bits(&want.corr), "{format:?} {level:?}");
+                assert_eq!(got.isums, want.isums, "{format:?} {level:?}");
             }
             // The first values: the halves, rounded to even.
             if format == Format::Q8_0 {
-                assert_eq!(&want.qs[30..34], &[-8, -4, 0, 4]);
+                let at = |i| want.qs[q8_0_pos(i, k)];
+                assert_eq!([at(30), at(31), at(32), at(33)], [-8, -4, 0, 4]);
             }
         }
     }
@@ -1418,6 +1502,53 @@ mod tests {
                         err(&ours),
                         err(&theirs)
                     )
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_rows_with_a_partial_group_match_the_scalar_reference() {
+        // Groups of eight blocks interleaved, then 1 to 7 blocks in order (the
+        // 512-bit levels hand these shapes to the 256-bit kernel).
+        for k in [32, 96, 288, 352, 480, 544] {
+            let (n, m) = (5, 2);
+            let (p, q) = pack(Format::Q8_0, &matrix(n, k, k as u64), n, k);
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(p.dequantize(), want, "k={k}");
+            let x = matrix(m, k, 7);
+            let mut reference = vec![0f32; m * n];
+            p.matmul_at(Level::Scalar, &x, m, &mut reference, false);
+            for level in Level::available() {
+                let mut got = vec![0f32; m * n];
+                p.matmul_at(level, &x, m, &mut got, true);
+                for (g, w) in got.iter().zip(&reference) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{level:?} k={k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_q8_0_interleaving_is_a_permutation_in_runs_of_four() {
+        for k in [32, 256, 288, 1024, 1056] {
+            let mut seen = vec![false; k];
+            for i in 0..k {
+                let at = q8_0_pos(i, k);
+                assert!(!std::mem::replace(&mut seen[at], true), "k={k} i={i}");
+                assert_eq!(at, q8_0_pos(i - i % 4, k) + i % 4);
+                if i < k / Q8_0_GROUP * Q8_0_GROUP {
+                    // Lane (at % 32) / 4 of a 32-byte vector holds block (i % 256) / 32.
+                    assert_eq!((at % 32) / 4, (i % Q8_0_GROUP) / 32);
+                    assert_eq!(at / Q8_0_GROUP, i / Q8_0_GROUP);
+                } else {
+                    assert_eq!(at, i);
                 }
             }
         }
